@@ -1,0 +1,76 @@
+"""The `vlm-classify` command: a thin layer over the library. One module per command family."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import click
+
+from .. import __version__
+from ..errors import VlmClassifyError
+from ._console import err_console
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.version_option(__version__, prog_name="vlm-classify")
+def cli(debug: bool) -> None:
+    """Zero-shot or fine-tune? Measure a vision-language image classifier's accuracy, latency and cost.
+
+    \b
+    Typical flow:
+      vlm-classify prepare stanford-dogs --out runs/dogs
+      vlm-classify export runs/dogs --model openai/gpt-4o-2024-08-06
+      vlm-classify estimate runs/dogs --model azure/gpt-4o-2024-08-06
+    """
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _register() -> None:
+    from .estimate import estimate_cmd
+    from .export import export_cmd
+    from .prepare import prepare_cmd
+    from .sample import sample_cmd
+
+    for cmd in (prepare_cmd, export_cmd, estimate_cmd, sample_cmd):
+        cli.add_command(cmd)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI and turn every failure into one clear line (tracebacks with --debug)."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args or bool(os.environ.get("VLM_CLASSIFY_DEBUG"))
+    try:
+        cli.main(args=args, prog_name="vlm-classify", standalone_mode=False)
+    except click.exceptions.Abort:
+        err_console.print("[yellow]interrupted[/]: rerun the same command to resume")
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/]: rerun the same command to resume")
+        sys.exit(130)
+    except VlmClassifyError as e:
+        if debug:
+            raise
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except Exception as e:  # noqa: BLE001 - the last line of defence: one line, not a traceback
+        if debug:
+            raise
+        err_console.print(
+            f"[bold red]internal error:[/] {type(e).__name__}: {e} "
+            "(rerun with --debug for the traceback, and please report it)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(70)

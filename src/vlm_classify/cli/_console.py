@@ -1,0 +1,8 @@
+"""Consoles shared by the CLI: results go to stdout, messages and progress to stderr."""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+out_console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
