@@ -58,9 +58,13 @@ def read_manifest(prepared_dir: Path) -> list[ManifestRow]:
     prepared_dir = Path(prepared_dir)
     path = prepared_dir / MANIFEST_NAME
     if not prepared_dir.is_dir():
-        raise UserError(f"{prepared_dir} is not a directory: pass the --out folder of `vlm-classify prepare`")
+        raise UserError(
+            f"{prepared_dir} is not a directory: pass the --out folder of `vlm-classify prepare`"
+        )
     if not path.is_file():
-        raise UserError(f"no {MANIFEST_NAME} in {prepared_dir}: run `vlm-classify prepare SOURCE --out {prepared_dir}` first")
+        raise UserError(
+            f"no {MANIFEST_NAME} in {prepared_dir}: run `vlm-classify prepare SOURCE --out {prepared_dir}` first"
+        )
     with path.open(newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         missing = set(FIELDS) - set(reader.fieldnames or [])
@@ -69,7 +73,9 @@ def read_manifest(prepared_dir: Path) -> list[ManifestRow]:
         try:
             return [ManifestRow.model_validate(r) for r in reader]
         except ValueError as e:
-            raise DataError(f"{path} line {reader.line_num}: {str(e).splitlines()[0]}; rerun `vlm-classify prepare`") from None
+            raise DataError(
+                f"{path} line {reader.line_num}: {str(e).splitlines()[0]}; rerun `vlm-classify prepare`"
+            ) from None
 
 
 def read_labels(prepared_dir: Path) -> list[str]:

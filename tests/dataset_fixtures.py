@@ -1,0 +1,75 @@
+"""Image and tree generators for the `prepare` tests: every file is made here with Pillow."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from PIL import Image
+
+_ORIENTATION = 0x0112
+
+
+def rgb_image(size: tuple[int, int] = (32, 24), seed: int = 0) -> Image.Image:
+    """A small RGB image with a few random blocks, distinct per seed."""
+    rng = random.Random(seed)
+    img = Image.new("RGB", size, (rng.randrange(256), rng.randrange(256), rng.randrange(256)))
+    for _ in range(4):
+        x0, y0 = rng.randrange(size[0]), rng.randrange(size[1])
+        box = (
+            x0,
+            y0,
+            min(size[0], x0 + rng.randrange(2, 20)),
+            min(size[1], y0 + rng.randrange(2, 20)),
+        )
+        img.paste((rng.randrange(256), rng.randrange(256), rng.randrange(256)), box)
+    return img
+
+
+def save(img: Image.Image, path: Path, fmt: str | None = None, **kwargs: object) -> Path:
+    """Save `img` to `path`, creating folders."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, fmt, **kwargs)
+    return path
+
+
+def jpeg(path: Path, seed: int = 0, size: tuple[int, int] = (32, 24)) -> Path:
+    """A small RGB JPEG."""
+    return save(rgb_image(size, seed), path, "JPEG", quality=90)
+
+
+def make_tree(
+    root: Path, classes: dict[str, int], size: tuple[int, int] = (32, 24), seed0: int = 0
+) -> Path:
+    """A class-per-folder tree: `classes` maps folder name to image count; all images distinct."""
+    seed = seed0
+    for folder, count in classes.items():
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            seed += 1
+            jpeg(root / folder / f"img_{i:03d}.jpg", seed=seed * 7919, size=size)
+    return root
+
+
+def exif_rotated(path: Path) -> Path:
+    """A 40x20 JPEG, red left half and blue right half, tagged orientation 6 (display rotated 90° CW)."""
+    img = Image.new("RGB", (40, 20), (255, 0, 0))
+    img.paste((0, 0, 255), (20, 0, 40, 20))
+    exif = Image.Exif()
+    exif[_ORIENTATION] = 6
+    return save(img, path, "JPEG", quality=95, exif=exif.tobytes())
+
+
+def rgba_png(path: Path) -> Path:
+    """An RGBA PNG: opaque green left half, fully transparent (black) right half."""
+    img = Image.new("RGBA", (20, 10), (0, 0, 0, 0))
+    img.paste((0, 200, 0, 255), (0, 0, 10, 10))
+    return save(img, path, "PNG")
+
+
+def truncated_jpeg(path: Path, seed: int = 99) -> Path:
+    """A JPEG cut in half."""
+    full = jpeg(path, seed=seed, size=(64, 48))
+    data = full.read_bytes()
+    full.write_bytes(data[: len(data) // 2])
+    return full
