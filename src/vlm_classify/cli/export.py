@@ -1,0 +1,98 @@
+"""`vlm-classify export`: fine-tuning files and Batch API input for a prepared directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.markup import escape
+from rich.table import Table
+
+from ..export import ExportOptions, ExportResult, export
+from ..openai_wire import ANSWER_MODES, DETAILS
+from ..prompts import PROMPT_STYLES
+from ._console import err_console, out_console
+
+
+@click.command("export")
+@click.argument("prepared_dir", metavar="DIR", type=click.Path(path_type=Path))
+@click.option(
+    "--model", required=True, help="openai/MODEL or azure/DEPLOYMENT named in the Batch lines."
+)
+@click.option(
+    "--prompt",
+    default="full",
+    show_default=True,
+    type=click.Choice(PROMPT_STYLES),
+    help="System prompt of the Batch requests (full lists the labels).",
+)
+@click.option(
+    "--training-prompt",
+    default=None,
+    type=click.Choice(PROMPT_STYLES),
+    help="System prompt of the fine-tuning examples [default: --prompt].",
+)
+@click.option(
+    "--detail",
+    default="low",
+    show_default=True,
+    type=click.Choice(DETAILS),
+    help="Image detail of every request.",
+)
+@click.option(
+    "--answer",
+    default="enum",
+    show_default=True,
+    type=click.Choice(ANSWER_MODES),
+    help="Batch answers: structured output (one of the labels) or free text.",
+)
+def export_cmd(
+    prepared_dir: Path,
+    model: str,
+    prompt: str,
+    training_prompt: str | None,
+    detail: str,
+    answer: str,
+) -> None:
+    """Write DIR/jsonl/: train.jsonl and val.jsonl for fine-tuning, test-batch.jsonl for the Batch API."""
+    options = ExportOptions.model_validate(
+        {
+            "model": model,
+            "prompt": prompt,
+            "training_prompt": training_prompt,
+            "detail": detail,
+            "answer": answer,
+        }
+    )
+    with err_console.status("writing JSONL files"):
+        result = export(prepared_dir, options)
+    _print(result)
+
+
+def _size(n: int) -> str:
+    if n < 1000:
+        return f"{n} B"
+    value, unit = n / 1000, "KB"
+    for bigger in ("MB", "GB"):
+        if value < 1000:
+            break
+        value, unit = value / 1000, bigger
+    return f"{value:,.1f} {unit}"
+
+
+def _print(result: ExportResult) -> None:
+    table = Table(title=f"Exported to {escape(str(result.out_dir))}", title_justify="left")
+    table.add_column("file")
+    table.add_column("use")
+    table.add_column("lines", justify="right")
+    table.add_column("size", justify="right")
+    uses = {
+        "train": "fine-tuning training",
+        "val": "fine-tuning validation",
+        "test-batch": "Batch API input",
+    }
+    for f in result.files:
+        table.add_row(escape(f.path.name), uses[f.kind], f"{f.lines:,}", _size(f.bytes))
+    out_console.print(table)
+    for warning in result.warnings:
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
