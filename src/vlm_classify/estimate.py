@@ -1,0 +1,278 @@
+"""Offline cost estimate for a prepared dataset: Batch and realtime zero-shot, training, fine-tuned.
+
+Tokens are counted from the manifest (labels, image sizes) with `tokens`, dollars come from the
+price table with `pricing.cost_usd`; nothing touches the network.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from . import tokens
+from .dataset.manifest import ManifestRow, read_labels, read_manifest
+from .openai_wire import AnswerMode, Detail, classification_messages, data_url_prefix, finetune_line
+from .pricing import PriceEntry, cost_usd, load_pricing, training_cost_usd
+from .prompts import PromptStyle, system_prompt
+
+FINETUNED_ANSWER: AnswerMode = "text"
+"""`openai_wire.finetune_line` makes the bare label the assistant target, so the fine-tuned
+model answers with the bare label."""
+
+_IMAGE_URL = data_url_prefix()
+"""Image parts count 0 text tokens, so the URL does not matter here."""
+
+
+class EstimateOptions(BaseModel):
+    """What to estimate: which model and prices, and how requests and training lines are built."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    """`provider/model` of the base model, e.g. `azure/gpt-4o-2024-08-06`."""
+    epochs: int = Field(default=2, ge=1, le=50)
+    """Fine-tuning epochs (the original study used 2)."""
+    prompt: PromptStyle = "full"
+    """System prompt of zero-shot requests: `full` lists every label, `short` does not."""
+    training_prompt: PromptStyle | None = None
+    """System prompt of the fine-tuning examples; None means the same as `prompt`. The
+    fine-tuned model is then queried with this same prompt (train `short`, infer `short`)."""
+    detail: Detail = "low"
+    """Image detail of every request and training example; `auto` is counted as `high`."""
+    answer: AnswerMode = "enum"
+    """How the base model answers: `enum` = strict structured output `{"label":"..."}`,
+    `text` = the bare label."""
+    pricing: Path | None = None
+    """A user price file that extends or overrides the shipped table."""
+
+    @property
+    def ft_prompt(self) -> PromptStyle:
+        """The prompt style of the fine-tuning examples and of the fine-tuned model's requests."""
+        return self.training_prompt or self.prompt
+
+
+class LineItem(BaseModel):
+    """One priced piece of work."""
+
+    requests: int
+    """Requests (or training examples per epoch, for training)."""
+    input_tokens: int
+    """Prompt tokens: text, message overheads and images."""
+    output_tokens: int
+    """Answer tokens (for training: the assistant targets, billed as training tokens)."""
+    cost_usd: float
+    """Dollars at the price entry's rates for this kind of work."""
+    note: str = ""
+
+    @property
+    def tokens(self) -> int:
+        """Input and output tokens together."""
+        return self.input_tokens + self.output_tokens
+
+
+class TrainingItem(LineItem):
+    """The fine-tuning job: every training example, once per epoch."""
+
+    epochs: int
+    examples: int
+    """Training examples (the train split); validation examples are not billed."""
+    tokens_per_example: float
+    """Mean billed tokens of one example (system + image + target + message overheads)."""
+
+
+class HostingItem(BaseModel):
+    """Hosting a fine-tuned deployment: billed per hour while it exists, used or not."""
+
+    usd_per_hour: float
+    usd_per_day: float
+    note: str = ""
+
+
+class Estimate(BaseModel):
+    """The cost estimate of one dataset and model; `to_json()` is the machine-readable form."""
+
+    model: str
+    price_key: str
+    price_source: str
+    price_date: str
+    options: EstimateOptions
+    splits: dict[str, int]
+    """Images per split (train, val, test)."""
+    batch: LineItem | None
+    """Zero-shot base model on the test set through the Batch API (None: no Batch price)."""
+    realtime: LineItem
+    """Zero-shot base model on the test set, one realtime request per image."""
+    training: TrainingItem | None
+    """Fine-tuning on the train split (None: the model has no training price)."""
+    finetuned: LineItem | None
+    """The fine-tuned model on the test set, realtime (None: no fine-tuned price)."""
+    hosting: HostingItem
+    assumptions: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict: `{"training": {"tokens": ..., "cost_usd": ...}, "batch": ...}`."""
+
+        def item(x: LineItem | None) -> dict[str, Any] | None:
+            return None if x is None else {**x.model_dump(mode="json"), "tokens": x.tokens}
+
+        return {
+            "model": self.model,
+            "price": {"key": self.price_key, "source": self.price_source, "date": self.price_date},
+            "options": self.options.model_dump(mode="json"),
+            "splits": dict(self.splits),
+            "batch": item(self.batch),
+            "realtime": item(self.realtime),
+            "training": item(self.training),
+            "finetuned": item(self.finetuned),
+            "hosting": self.hosting.model_dump(mode="json"),
+            "assumptions": list(self.assumptions),
+        }
+
+
+def _request(system_text: str, detail: Detail) -> list[dict[str, Any]]:
+    return classification_messages(system_text, _IMAGE_URL, detail)
+
+
+def _inference(
+    rows: Sequence[ManifestRow],
+    system_text: str,
+    options: EstimateOptions,
+    entry: PriceEntry,
+    answer: AnswerMode,
+) -> tuple[int, int]:
+    """Input and output tokens of one request per row."""
+    prompt = tokens.count_chat_tokens(_request(system_text, options.detail))
+    images = sum(tokens.image_tokens(r.width, r.height, options.detail, entry.vision) for r in rows)
+    answers = Counter(r.label for r in rows)
+    output = sum(n * tokens.completion_tokens(label, answer) for label, n in answers.items())
+    return prompt * len(rows) + images, output
+
+
+def estimate(prepared_dir: Path, options: EstimateOptions) -> Estimate:
+    """Estimate tokens and dollars for the dataset in `prepared_dir` under `options`."""
+    entry = load_pricing(options.pricing).lookup(options.model)
+    rows = read_manifest(prepared_dir)
+    labels = read_labels(prepared_dir)
+    by_split: dict[str, list[ManifestRow]] = {"train": [], "val": [], "test": []}
+    for r in rows:
+        by_split[r.split].append(r)
+    train, test = by_split["train"], by_split["test"]
+    base_system = system_prompt(labels, options.prompt)
+    ft_system = system_prompt(labels, options.ft_prompt)
+    detail_note = (
+        f"detail=low: a fixed {entry.vision.low_tokens} tokens per image"
+        if options.detail == "low"
+        else f"detail={options.detail}: tiles from each image's size in the manifest"
+        + (" (auto counted as high, the conservative choice)" if options.detail == "auto" else "")
+    )
+    assumptions = [
+        f"prices: {entry.key}, {entry.source} ({entry.date})",
+        "prompt tokens by the OpenAI cookbook rule for gpt-4o: 3 per message + role + content, "
+        "+3 reply priming; o200k_base text tokens",
+        f"image tokens: {detail_note}",
+        f"system prompt '{options.prompt}': {tokens.count_text(base_system)} tokens",
+    ]
+
+    # Zero-shot base model on the test set: the same tokens realtime or through Batch.
+    zin, zout = _inference(test, base_system, options, entry, options.answer)
+    if options.answer == "enum":
+        assumptions.append(
+            'base model answers as structured output {"label":"..."}; the response_format '
+            "schema's own prompt tokens are billed by the API but not counted here"
+        )
+    realtime = LineItem(
+        requests=len(test),
+        input_tokens=zin,
+        output_tokens=zout,
+        cost_usd=cost_usd(zin, zout, entry, "realtime"),
+        note="zero-shot base model, test set, realtime",
+    )
+    batch = None
+    if entry.batch_input_per_1m is not None and entry.batch_output_per_1m is not None:
+        batch = LineItem(
+            requests=len(test),
+            input_tokens=zin,
+            output_tokens=zout,
+            cost_usd=cost_usd(zin, zout, entry, "batch"),
+            note="zero-shot base model, test set, Batch API",
+        )
+    else:
+        assumptions.append(f"{entry.key} has no Batch price: Batch line omitted")
+
+    training = None
+    if entry.training_per_1m is not None:
+        tin = tout = 0
+        target_counts = Counter(r.label for r in train)
+        for label, n in target_counts.items():
+            example = finetune_line(_request(ft_system, options.detail), label)
+            whole = tokens.count_chat_tokens(example["messages"])
+            out = tokens.completion_tokens(label, FINETUNED_ANSWER)
+            tin += n * (whole - out)
+            tout += n * out
+        tin += sum(
+            tokens.image_tokens(r.width, r.height, options.detail, entry.vision) for r in train
+        )
+        per_example = (tin + tout) / len(train) if train else 0.0
+        tin, tout = tin * options.epochs, tout * options.epochs
+        training = TrainingItem(
+            requests=len(train),
+            examples=len(train),
+            epochs=options.epochs,
+            tokens_per_example=per_example,
+            input_tokens=tin,
+            output_tokens=tout,
+            cost_usd=training_cost_usd(tin + tout, entry),
+            note=f"fine-tuning: {len(train)} train examples x {options.epochs} epochs",
+        )
+        assumptions.append(
+            f"training tokens = train examples x epochs x (system + image + target + message "
+            f"overheads, +3 priming as in the cookbook's fine-tuning data check); the "
+            f"{len(by_split['val'])} validation examples are not billed"
+        )
+    else:
+        assumptions.append(f"{entry.key} has no training price: training line omitted")
+
+    finetuned = None
+    if entry.finetuned_input_per_1m is not None and entry.finetuned_output_per_1m is not None:
+        fin, fout = _inference(test, ft_system, options, entry, FINETUNED_ANSWER)
+        finetuned = LineItem(
+            requests=len(test),
+            input_tokens=fin,
+            output_tokens=fout,
+            cost_usd=cost_usd(fin, fout, entry, "finetuned"),
+            note=f"fine-tuned model, test set, realtime, prompt '{options.ft_prompt}'",
+        )
+        assumptions.append(
+            f"the fine-tuned model is queried with the training prompt '{options.ft_prompt}' "
+            "and answers with the bare label it was trained on"
+        )
+    else:
+        assumptions.append(f"{entry.key} has no fine-tuned inference price: line omitted")
+
+    hosting = HostingItem(
+        usd_per_hour=entry.hosting_per_hour,
+        usd_per_day=entry.hosting_per_hour * 24,
+        note=(
+            "billed per hour while the fine-tuned deployment exists, used or not"
+            if entry.hosting_per_hour
+            else "no hosting fee for fine-tuned models at this provider"
+        ),
+    )
+    return Estimate(
+        model=options.model,
+        price_key=entry.key,
+        price_source=entry.source,
+        price_date=entry.date,
+        options=options,
+        splits={s: len(v) for s, v in by_split.items()},
+        batch=batch,
+        realtime=realtime,
+        training=training,
+        finetuned=finetuned,
+        hosting=hosting,
+        assumptions=assumptions,
+    )

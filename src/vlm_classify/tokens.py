@@ -1,0 +1,242 @@
+"""Offline token counting: o200k_base text tokens, chat message overheads, vision image tokens.
+
+Everything here works without the network: the o200k_base vocabulary comes from the file that
+the `bpe-openai` package ships (byte-identical to OpenAI's, checked by sha256), never from
+tiktoken's download.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import json
+import math
+import os
+import tempfile
+import types
+import uuid
+from base64 import b64decode
+from collections.abc import Iterable, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import tiktoken
+from pydantic import BaseModel, Field
+
+from .openai_wire import DETAILS, AnswerMode, Detail
+
+ENCODING_NAME = "o200k_base"
+O200K_URL = "https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken"
+"""The URL tiktoken downloads from; its sha1 is the file name in tiktoken's cache."""
+O200K_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
+"""sha256 of the official o200k_base.tiktoken (the same hash tiktoken pins)."""
+
+TOKENS_PER_MESSAGE = 3
+TOKENS_PER_NAME = 1
+REPLY_PRIMING = 3
+"""OpenAI cookbook rule for the gpt-4o family: every reply is primed with 3 tokens."""
+
+
+# --- the encoding -------------------------------------------------------------------------------
+
+
+def _vendored_vocab() -> bytes:
+    """The decompressed o200k_base.tiktoken shipped by bpe-openai, hash-checked."""
+    ref = resources.files("bpe_openai") / "data" / "o200k_base.tiktoken.gz"
+    data = gzip.decompress(ref.read_bytes())
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != O200K_SHA256:
+        raise RuntimeError(
+            f"bpe-openai's o200k_base file has sha256 {digest}, expected {O200K_SHA256}: "
+            "reinstall bpe-openai (pip install --force-reinstall bpe-openai)"
+        )
+    return data
+
+
+def _tiktoken_cache_dir() -> str | None:
+    """The directory tiktoken reads (tiktoken/load.py: read_file_cached); None when disabled."""
+    if "TIKTOKEN_CACHE_DIR" in os.environ:
+        cache_dir = os.environ["TIKTOKEN_CACHE_DIR"]
+    elif "DATA_GYM_CACHE_DIR" in os.environ:
+        cache_dir = os.environ["DATA_GYM_CACHE_DIR"]
+    else:
+        cache_dir = os.path.join(tempfile.gettempdir(), "data-gym-cache")
+    return cache_dir or None
+
+
+def _seed_cache(cache_dir: str) -> bool:
+    """Put the vocabulary where tiktoken looks for it, atomically; False if that is impossible."""
+    path = Path(cache_dir) / hashlib.sha1(O200K_URL.encode()).hexdigest()
+    try:
+        if path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == O200K_SHA256:
+            return True
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            tmp.write_bytes(_vendored_vocab())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    except OSError:
+        return False
+    return True
+
+
+def _parse_ranks(data: bytes) -> dict[bytes, int]:
+    """Parse a .tiktoken file: one `base64(token) rank` per line."""
+    ranks: dict[bytes, int] = {}
+    for line in data.splitlines():
+        if line:
+            token, rank = line.split()
+            ranks[b64decode(token)] = int(rank)
+    return ranks
+
+
+def _build_encoding() -> tiktoken.Encoding:
+    """Build o200k_base from tiktoken_ext's own definition, with ranks from the vendored file.
+
+    The definition function is re-bound to a copy of its module globals whose loader returns
+    the vendored ranks, so the pattern and special tokens stay tiktoken's (no second copy here)
+    and nothing global is patched.
+    """
+    from tiktoken_ext import openai_public
+
+    def load_vendored(blobpath: str, expected_hash: str | None = None) -> dict[bytes, int]:
+        if blobpath != O200K_URL or expected_hash not in (None, O200K_SHA256):
+            raise RuntimeError(f"unexpected vocabulary {blobpath} ({expected_hash})")
+        return _parse_ranks(_vendored_vocab())
+
+    original = openai_public.o200k_base
+    scope = {**vars(openai_public), "load_tiktoken_bpe": load_vendored}
+    definition = types.FunctionType(original.__code__, scope, original.__name__)
+    return tiktoken.Encoding(**definition())
+
+
+@functools.cache
+def encoding() -> tiktoken.Encoding:
+    """The o200k_base encoding (gpt-4o family), loaded offline.
+
+    Seeds tiktoken's cache with the vendored vocabulary when it is missing, then lets tiktoken
+    load it (tiktoken checks the hash itself). With the cache disabled (`TIKTOKEN_CACHE_DIR=""`)
+    or unwritable, builds the encoding directly instead.
+    """
+    cache_dir = _tiktoken_cache_dir()
+    if cache_dir is not None and _seed_cache(cache_dir):
+        return tiktoken.get_encoding(ENCODING_NAME)
+    return _build_encoding()
+
+
+def count_text(text: str) -> int:
+    """Number of o200k_base tokens in `text` (special-token strings count as plain text)."""
+    return len(encoding().encode(text, disallowed_special=()))
+
+
+# --- chat messages ------------------------------------------------------------------------------
+
+
+def _content_tokens(content: Any) -> int:
+    if content is None:
+        return 0
+    if isinstance(content, str):
+        return count_text(content)
+    total = 0
+    for part in content:
+        if isinstance(part, Mapping) and part.get("type") in ("text", "input_text", "output_text"):
+            total += count_text(str(part.get("text", "")))
+        # image parts count 0 here: the caller adds image_tokens() for each image.
+    return total
+
+
+def count_chat_tokens(messages: Iterable[Mapping[str, Any]], *, reply_priming: bool = True) -> int:
+    """Prompt tokens of a chat request by the OpenAI cookbook rule for the gpt-4o family.
+
+    3 tokens per message, plus the tokens of its role and content, plus 1 for a `name`, plus
+    3 that prime the reply. Image parts count 0: add `image_tokens()` per image yourself.
+    Keys that are not text (a fine-tuning `weight`) are ignored.
+    """
+    total = 0
+    for message in messages:
+        total += TOKENS_PER_MESSAGE
+        for key, value in message.items():
+            if key == "content":
+                total += _content_tokens(value)
+            elif key in ("role", "name") and isinstance(value, str):
+                total += count_text(value)
+                if key == "name":
+                    total += TOKENS_PER_NAME
+    if reply_priming:
+        total += REPLY_PRIMING
+    return total
+
+
+def answer_text(label: str, answer: AnswerMode = "enum") -> str:
+    """The text a model answers with: `{"label":"..."}` under structured output (`enum`), else
+    the bare label (`text`, also what a fine-tuned model was trained to answer)."""
+    if answer == "enum":
+        return json.dumps({"label": label}, ensure_ascii=False, separators=(",", ":"))
+    return label
+
+
+def completion_tokens(label: str, answer: AnswerMode = "enum") -> int:
+    """Output tokens of one answer naming `label` (see `answer_text`)."""
+    return count_text(answer_text(label, answer))
+
+
+# --- images -------------------------------------------------------------------------------------
+
+
+class VisionRule(BaseModel):
+    """How a model family turns an image into input tokens (tile-based gpt-4o style)."""
+
+    low_tokens: int = Field(default=85, ge=0)
+    """Tokens of any image sent with `detail: low`."""
+    base_tokens: int = Field(default=85, ge=0)
+    """Tokens always added for a `detail: high` image."""
+    tile_tokens: int = Field(default=170, ge=0)
+    """Tokens per tile of a `detail: high` image."""
+    tile_px: int = Field(default=512, gt=0)
+    """Tile side in pixels."""
+    max_px: int = Field(default=2048, gt=0)
+    """First the image is scaled down to fit a max_px x max_px square."""
+    short_side_px: int = Field(default=768, gt=0)
+    """Then scaled down so its shortest side is at most this."""
+
+
+GPT4O_VISION = VisionRule()
+"""gpt-4o: 85 low, 85 + 170 per 512px tile high."""
+
+
+def image_tokens(
+    width: int, height: int, detail: Detail, model: str | VisionRule = GPT4O_VISION
+) -> int:
+    """Input tokens of one image of `width` x `height` pixels.
+
+    `low`: a fixed count. `high`: scale down (never up) to fit max_px x max_px, then down so the
+    shortest side is at most short_side_px, count tile_px tiles: base + tile x tiles. `auto`
+    lets the API choose; it is counted as `high` here, the conservative choice. `model` is a
+    `provider/model` string (its rule comes from the price table) or a `VisionRule`.
+    """
+    rule = model if isinstance(model, VisionRule) else _rule_for(model)
+    if detail == "low":
+        return rule.low_tokens
+    if detail not in ("high", "auto"):
+        raise ValueError(f"unknown detail {detail!r}; choose one of {', '.join(DETAILS)}")
+    if width <= 0 or height <= 0:
+        raise ValueError(f"image size must be positive, got {width}x{height}")
+    w, h = float(width), float(height)
+    if max(w, h) > rule.max_px:
+        scale = rule.max_px / max(w, h)
+        w, h = w * scale, h * scale
+    if min(w, h) > rule.short_side_px:
+        scale = rule.short_side_px / min(w, h)
+        w, h = w * scale, h * scale
+    tiles = math.ceil(round(w, 6) / rule.tile_px) * math.ceil(round(h, 6) / rule.tile_px)
+    return rule.base_tokens + rule.tile_tokens * tiles
+
+
+def _rule_for(model: str) -> VisionRule:
+    from .pricing import lookup  # the price table carries the per-model vision constants
+
+    return lookup(model).vision
