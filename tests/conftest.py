@@ -12,13 +12,20 @@ from PIL import Image
 from vlm_classify.dataset.manifest import LABELS_NAME, MANIFEST_NAME, ManifestRow, write_manifest
 
 
-def make_jpeg(path: Path, size: tuple[int, int] = (500, 375), seed: int = 0, quality: int = 90) -> Path:
+def make_jpeg(
+    path: Path, size: tuple[int, int] = (500, 375), seed: int = 0, quality: int = 90
+) -> Path:
     """Write a small, distinct RGB JPEG (random blocks from `seed`)."""
     rng = random.Random(seed)
     img = Image.new("RGB", size, (rng.randrange(256), rng.randrange(256), rng.randrange(256)))
     for _ in range(8):
         x0, y0 = rng.randrange(size[0]), rng.randrange(size[1])
-        box = (x0, y0, min(size[0], x0 + rng.randrange(10, 200)), min(size[1], y0 + rng.randrange(10, 200)))
+        box = (
+            x0,
+            y0,
+            min(size[0], x0 + rng.randrange(10, 200)),
+            min(size[1], y0 + rng.randrange(10, 200)),
+        )
         img.paste((rng.randrange(256), rng.randrange(256), rng.randrange(256)), box)
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path, "JPEG", quality=quality)
@@ -64,5 +71,7 @@ def make_prepared_dir(
 def small_prepared(tmp_path: Path) -> Path:
     """Three classes, 12/2/2 images each: enough for the fine-tuning minimum of 10 examples."""
     return make_prepared_dir(
-        tmp_path / "prepared", ["Beagle", "Chihuahua", "Golden Retriever"], {"train": 12, "val": 2, "test": 2}
+        tmp_path / "prepared",
+        ["Beagle", "Chihuahua", "Golden Retriever"],
+        {"train": 12, "val": 2, "test": 2},
     )

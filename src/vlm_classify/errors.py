@@ -13,3 +13,20 @@ class UserError(VlmClassifyError):
 
 class DataError(VlmClassifyError):
     """The data on disk is not what a step expects (a missing manifest, a corrupt archive)."""
+
+
+class TransientError(VlmClassifyError):
+    """A failure worth retrying (429, 5xx, a timeout, a dropped connection)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        """Seconds the service asked us to wait (`retry-after-ms` / `retry-after`), if it said."""
+
+
+class ItemError(VlmClassifyError):
+    """This item cannot be answered (refused image, content filter): record it and go on."""
+
+
+class FatalError(VlmClassifyError):
+    """The whole run must stop (bad key, unknown model): retrying would only repeat it."""

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 PromptStyle = Literal["full", "short"]
 PROMPT_STYLES: tuple[PromptStyle, ...] = ("full", "short")
 
-FULL_TEMPLATE = "Classify the following input image into one of the following categories: [{labels}]."
+FULL_TEMPLATE = (
+    "Classify the following input image into one of the following categories: [{labels}]."
+)
 """The original study's wording (about 495 o200k tokens with the 120 Stanford Dogs breeds)."""
 
 SHORT_PROMPT = "Classify the following input image. Answer with the category name only."
@@ -48,3 +51,71 @@ def answer_schema(labels: list[str]) -> dict[str, Any]:
             "additionalProperties": False,
         },
     }
+
+
+def _norm(text: str) -> str:
+    """Lower case, every run of non-alphanumerics a single space: `Shih-Tzu` → `shih tzu`."""
+    return " ".join("".join(c if c.isalnum() else " " for c in text.casefold()).split())
+
+
+def _unwrap(text: str) -> str:
+    """Strip code fences and, when the text is a JSON object or string, take its label."""
+    t = text.strip()
+    if t.startswith("```"):
+        t = t.strip("`").strip()
+        if "\n" in t and t.split("\n", 1)[0].strip().isalpha():  # ```json
+            t = t.split("\n", 1)[1]
+        t = t.strip()
+    if t[:1] in '{"':
+        try:
+            value = json.loads(t)
+        except ValueError:
+            return t
+        if isinstance(value, dict):
+            for key in ("label", "category", "class", "breed", "answer"):
+                if isinstance(value.get(key), str):
+                    return value[key]
+            strings = [v for v in value.values() if isinstance(v, str)]
+            return strings[0] if len(strings) == 1 else t
+        if isinstance(value, str):
+            return value
+    return t
+
+
+def parse_answer(text: str | None, labels: list[str]) -> str | None:
+    """The label a free-text answer names, or None when it names none or several.
+
+    Tolerates code fences, JSON (`{"label": "Beagle"}`), sentences ("The dog is a Beagle."), and
+    case, space and punctuation differences (`shih tzu` for `Shih-Tzu`). When the answer contains
+    more than one label, the longest wins only if the others are part of it (`Terrier` inside
+    `Border Terrier`); otherwise (`Beagle or Shih-Tzu`) the answer is ambiguous and invalid.
+    """
+    if not text or not text.strip():
+        return None
+    answer = _norm(_unwrap(text))
+    if not answer:
+        return None
+    by_norm = {_norm(lb): lb for lb in labels}
+    if answer in by_norm:
+        return by_norm[answer]
+    padded = f" {answer} "
+    found = [n for n in by_norm if n and f" {n} " in padded]
+    if not found:
+        return None
+    longest = max(found, key=len)
+    if all(f" {n} " in f" {longest} " for n in found):
+        return by_norm[longest]
+    return None
+
+
+def parse_enum_answer(text: str | None, labels: list[str]) -> str | None:
+    """The label of a structured-output answer `{"label": "..."}`; None when it is not one."""
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return parse_answer(text, labels)
+    if isinstance(value, dict) and isinstance(value.get("label"), str):
+        return value["label"] if value["label"] in labels else parse_answer(value["label"], labels)
+    return None

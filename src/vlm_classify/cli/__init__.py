@@ -7,6 +7,7 @@ import os
 import sys
 
 import click
+from rich.markup import escape
 
 from .. import __version__
 from ..errors import VlmClassifyError
@@ -32,12 +33,14 @@ def cli(debug: bool) -> None:
 
 
 def _register() -> None:
+    from .classify import classify_cmd
+    from .emulator import emulator_cmd
     from .estimate import estimate_cmd
     from .export import export_cmd
     from .prepare import prepare_cmd
     from .sample import sample_cmd
 
-    for cmd in (prepare_cmd, export_cmd, estimate_cmd, sample_cmd):
+    for cmd in (sample_cmd, prepare_cmd, export_cmd, estimate_cmd, classify_cmd, emulator_cmd):
         cli.add_command(cmd)
 
 
@@ -53,8 +56,14 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         err_console.print("[yellow]interrupted[/]: rerun the same command to resume")
         sys.exit(130)
+    except click.UsageError as e:
+        where = e.ctx.command_path if e.ctx else "vlm-classify"
+        err_console.print(
+            f"[bold red]error:[/] {escape(e.format_message())} (see `{where} --help`)"
+        )
+        sys.exit(e.exit_code)
     except click.ClickException as e:
-        e.show()
+        err_console.print(f"[bold red]error:[/] {escape(e.format_message())}")
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]: rerun the same command to resume")
@@ -62,15 +71,13 @@ def main(argv: list[str] | None = None) -> None:
     except VlmClassifyError as e:
         if debug:
             raise
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}")
         sys.exit(1)
-    except Exception as e:  # noqa: BLE001 - the last line of defence: one line, not a traceback
+    except Exception as e:
         if debug:
             raise
         err_console.print(
-            f"[bold red]internal error:[/] {type(e).__name__}: {e} "
-            "(rerun with --debug for the traceback, and please report it)",
-            highlight=False,
-            soft_wrap=True,
+            f"[bold red]internal error:[/] {type(e).__name__}: {escape(str(e))} "
+            "(rerun with --debug for the traceback, and please report it)"
         )
         sys.exit(70)
