@@ -1,0 +1,103 @@
+"""An arm's files on disk: `DIR/arms/ARM/predictions.csv` and `arm.json`, written from the store."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+from .store import Store
+
+PREDICTION_FIELDS = [
+    "id",
+    "label",
+    "prediction",
+    "correct",
+    "valid",
+    "confidence",
+    "latency_ms",
+    "prompt_tokens",
+    "completion_tokens",
+    "attempts",
+    "mode",
+    "error",
+    "raw_answer",
+]
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def check_arm_name(name: str) -> str:
+    """Arm names become folder names: letters, digits, `.`, `_`, `-`."""
+    if not _NAME.match(name):
+        raise UserError(
+            f"--name {name!r}: use letters, digits, '.', '_' or '-' (at most 64), e.g. zero-shot"
+        )
+    return name
+
+
+def arm_dir(prepared_dir: Path, name: str) -> Path:
+    return Path(prepared_dir) / "arms" / check_arm_name(name)
+
+
+def write_arm_files(
+    prepared_dir: Path, store: Store, name: str, extra: dict[str, Any]
+) -> tuple[Path, dict[str, Any]]:
+    """Write predictions.csv and arm.json for `name`; return the folder and the totals."""
+    out = arm_dir(prepared_dir, name)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = store.predictions(name)
+    tmp = out / "predictions.csv.tmp"
+    with tmp.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(PREDICTION_FIELDS)
+        for r in rows:
+            p = r.result
+            w.writerow(
+                [
+                    r.item_id,
+                    r.label,
+                    p.prediction or "",
+                    int(r.correct),
+                    int(p.valid),
+                    "" if p.confidence is None else f"{p.confidence:.6f}",
+                    "" if p.latency_ms is None else f"{p.latency_ms:.2f}",
+                    p.usage.prompt_tokens,
+                    p.usage.completion_tokens,
+                    r.attempts,
+                    r.mode,
+                    p.error or "",
+                    p.raw_answer,
+                ]
+            )
+    tmp.replace(out / "predictions.csv")
+    n = len(rows)
+    answered = [r for r in rows if r.result.error is None]
+    totals = {
+        "items": n,
+        "answered": len(answered),
+        "errors": n - len(answered),
+        "valid": sum(r.result.valid for r in rows),
+        "invalid": sum(1 for r in answered if not r.result.valid),
+        "correct": sum(r.correct for r in rows),
+        "accuracy": (sum(r.correct for r in rows) / n) if n else None,
+        "prompt_tokens": sum(r.result.usage.prompt_tokens for r in rows),
+        "completion_tokens": sum(r.result.usage.completion_tokens for r in rows),
+        "attempts": sum(r.attempts for r in rows),
+    }
+    arm = store.arm(name) or {}
+    doc = {
+        "name": name,
+        "model": arm.get("model"),
+        "mode": arm.get("mode"),
+        "settings": arm.get("settings", {}),
+        "totals": totals,
+        **extra,
+    }
+    tmp_json = out / "arm.json.tmp"
+    tmp_json.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp_json.replace(out / "arm.json")
+    return out, totals

@@ -1,0 +1,186 @@
+"""`vlm-classify classify`: run one arm over a split, realtime or through the Batch API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from ..classify import ClassifyOptions, classify
+from ..openai_wire import ANSWER_MODES, DETAILS
+from ..prompts import PROMPT_STYLES
+from ..runner import Progress as RunProgress
+from ..runner import RunnerConfig
+from ._console import err_console, out_console
+
+
+@click.command("classify")
+@click.argument("prepared_dir", metavar="DIR", type=click.Path(path_type=Path))
+@click.option(
+    "--model", required=True, help="PROVIDER/MODEL: openai/gpt-4o-2024-08-06, azure/<deployment>."
+)
+@click.option(
+    "--name", required=True, help="The arm's name, e.g. zero-shot (its folder under DIR/arms/)."
+)
+@click.option(
+    "--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"])
+)
+@click.option(
+    "--mode", default="realtime", show_default=True, type=click.Choice(["realtime", "batch"])
+)
+@click.option(
+    "--concurrency",
+    default=8,
+    show_default=True,
+    type=click.IntRange(1, 1024),
+    help="Realtime requests in flight.",
+)
+@click.option(
+    "--prompt",
+    default="full",
+    show_default=True,
+    type=click.Choice(PROMPT_STYLES),
+    help="full lists the labels; short (for fine-tuned models) does not.",
+)
+@click.option(
+    "--answer",
+    default="enum",
+    show_default=True,
+    type=click.Choice(ANSWER_MODES),
+    help="enum: structured output limited to the labels; text: free text, parsed.",
+)
+@click.option(
+    "--detail", default="low", show_default=True, type=click.Choice(DETAILS), help="Image detail."
+)
+@click.option(
+    "--logprobs/--no-logprobs",
+    default=True,
+    show_default=True,
+    help="Record the chosen label's probability.",
+)
+@click.option("--limit", type=click.IntRange(1), help="Only the first N items of the split.")
+@click.option(
+    "--rpm",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Client-side cap on requests per minute.",
+)
+@click.option(
+    "--tpm",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Client-side cap on tokens per minute.",
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Per-request timeout (s).",
+)
+@click.option(
+    "--max-attempts",
+    default=6,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Tries per item before it is recorded as an error.",
+)
+@click.option(
+    "--retry-failed", is_flag=True, help="Ask again for items an earlier run recorded as errors."
+)
+@click.option(
+    "--poll",
+    "poll_s",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds between Batch status checks.",
+)
+def classify_cmd(
+    prepared_dir: Path,
+    model: str,
+    name: str,
+    split: str,
+    mode: str,
+    concurrency: int,
+    prompt: str,
+    answer: str,
+    detail: str,
+    logprobs: bool,
+    limit: int | None,
+    rpm: float | None,
+    tpm: float | None,
+    timeout_s: float,
+    max_attempts: int,
+    retry_failed: bool,
+    poll_s: float,
+) -> None:
+    """Classify the SPLIT of the prepared dataset DIR with MODEL and record every answer.
+
+    Answers are saved as they arrive (DIR/runs.sqlite): rerun the same command after an
+    interruption and only the missing items are requested. Results: DIR/arms/NAME/predictions.csv
+    and arm.json.
+    """
+    options = ClassifyOptions.model_validate(
+        {
+            "model": model,
+            "name": name,
+            "split": split,
+            "mode": mode,
+            "prompt": prompt,
+            "answer": answer,
+            "detail": detail,
+            "logprobs": logprobs,
+            "limit": limit,
+            "retry_failed": retry_failed,
+            "batch_poll_s": poll_s,
+            "runner": RunnerConfig(
+                concurrency=concurrency,
+                rpm=rpm,
+                tpm=tpm,
+                request_timeout_s=timeout_s,
+                max_attempts=max_attempts,
+            ),
+        }
+    )
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+        TextColumn("[red]{task.fields[errors]}"),
+        console=err_console,
+        transient=False,
+    ) as bar:
+        task = bar.add_task(f"{name} ({mode})", total=None, rate="", errors="")
+
+        def on_progress(p: RunProgress) -> None:
+            elapsed = bar.tasks[task].elapsed or 0.0
+            fresh = p.done - p.skipped
+            rate = f"{fresh / elapsed:.1f}/s" if elapsed > 0 and fresh else ""
+            errors = f"{p.errors} errors" if p.errors else ""
+            retries = f" {p.retries} retries" if p.retries else ""
+            bar.update(task, total=p.total, completed=p.done, rate=rate + retries, errors=errors)
+
+        def on_status(message: str) -> None:
+            bar.console.print(f"  {message}", highlight=False)
+
+        result = classify(prepared_dir, options, on_progress=on_progress, on_status=on_status)
+    t = result.totals
+    acc = "n/a" if t["accuracy"] is None else f"{t['accuracy']:.2%}"
+    emulated = (
+        " [yellow](emulated: numbers from the built-in emulator, not a real model)[/]"
+        if result.emulated
+        else ""
+    )
+    out_console.print(
+        f"{name}: {t['items']} items, accuracy {acc}, {t['invalid']} invalid answers, "
+        f"{t['errors']} errors, {t['prompt_tokens']:,} prompt + {t['completion_tokens']:,} completion tokens{emulated}"
+    )
+    if result.summary.get("skipped_already_done"):
+        out_console.print(
+            f"  {result.summary['skipped_already_done']} items were already done and not requested again"
+        )
+    out_console.print(f"  {result.arm_dir / 'predictions.csv'}")
+    out_console.print(f"  {result.arm_dir / 'arm.json'}")
