@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import platform
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from .arms import arm_dir, check_arm_name, write_arm_files
 from .backends.openai import ChatSettings, OpenAIChatBackend, make_client, parse_openai_model
 from .dataset.manifest import Split, read_labels, read_manifest
 from .errors import UserError
+from .finetune import find_fine_tune
 from .openai_wire import AnswerMode, Detail
 from .prompts import PromptStyle
 from .runner import Progress, RunnerConfig, RunSummary, run_items
@@ -113,10 +115,11 @@ def classify(
             )
         else:
             summary = asyncio.run(_realtime(backend, items, store, options, on_progress))
+        emulated = backend.emulated or _previously_emulated(arm_dir(prepared_dir, options.name))
         extra = {
             "provider": ref.provider,
             "split": options.split,
-            "emulated": backend.emulated,
+            "emulated": emulated,
             "runner": options.runner.model_dump(),
             "last_run": {
                 "started_at": started,
@@ -133,10 +136,20 @@ def classify(
                 "python": platform.python_version(),
             },
         }
+        ft = find_fine_tune(prepared_dir, str(ref))
+        if ft is not None:
+            keys = ("job_arm", "job_id", "base_model", "trained_tokens", "emulated")
+            extra["fine_tune"] = {k: ft.get(k) for k in keys}
         out, totals = write_arm_files(prepared_dir, store, options.name, extra)
-    return ClassifyResult(
-        arm_dir=out, totals=totals, summary=extra["last_run"], emulated=backend.emulated
-    )
+    return ClassifyResult(arm_dir=out, totals=totals, summary=extra["last_run"], emulated=emulated)
+
+
+def _previously_emulated(out: Path) -> bool:
+    """An arm answered by the emulator once stays marked, even if a rerun had nothing to ask."""
+    try:
+        return bool(json.loads((out / "arm.json").read_text(encoding="utf-8")).get("emulated"))
+    except (OSError, ValueError):
+        return False
 
 
 async def _realtime(

@@ -37,10 +37,20 @@ def _register() -> None:
     from .emulator import emulator_cmd
     from .estimate import estimate_cmd
     from .export import export_cmd
+    from .finetune import deploy_cmd, finetune_cmd
     from .prepare import prepare_cmd
     from .sample import sample_cmd
 
-    for cmd in (sample_cmd, prepare_cmd, export_cmd, estimate_cmd, classify_cmd, emulator_cmd):
+    for cmd in (
+        sample_cmd,
+        prepare_cmd,
+        export_cmd,
+        estimate_cmd,
+        classify_cmd,
+        finetune_cmd,
+        deploy_cmd,
+        emulator_cmd,
+    ):
         cli.add_command(cmd)
 
 

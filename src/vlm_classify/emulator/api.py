@@ -59,8 +59,18 @@ class ApiResponse:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+_MGMT = re.compile(
+    r"^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.CognitiveServices/accounts/[^/]+(/.*)$",
+    re.IGNORECASE,
+)
+"""Azure's control plane (management.azure.com): only deployments are emulated."""
+
+
 def split_path(path: str) -> tuple[str, str, str | None] | None:
     """`(style, rest, deployment)` for a request path, None when no API lives there."""
+    m = _MGMT.match(path)
+    if m:
+        return "azure_mgmt", m.group(1), None
     if path == "/openai/v1" or path.startswith("/openai/v1/"):
         return "azure_v1", path[len("/openai/v1") :] or "/", None
     m = re.match(r"^/openai/deployments/([^/]+)(/.*)?$", path)
@@ -116,6 +126,33 @@ def parse_multipart(
 Handler = Callable[[EmulatorService, ApiRequest], ApiResponse]
 
 
+def _put_deployment(svc: EmulatorService, req: ApiRequest) -> ApiResponse:
+    """Azure control plane: create or update a deployment of a (fine-tuned) model."""
+    if req.style != "azure_mgmt":
+        raise ApiError(404, f"Invalid URL ({req.method} {req.rest})", code="unknown_url")
+    body = req.json()
+    model = ((body or {}).get("properties") or {}).get("model") or {}
+    sku = (body or {}).get("sku") or {}
+    if not isinstance(model.get("name"), str) or not model["name"] or not sku.get("name"):
+        raise ApiError(
+            400,
+            "The deployment needs sku.name and properties.model.name (and format 'OpenAI').",
+            code="InvalidPayload",
+        )
+    name = req.params["name"]
+    svc.deploy(name, model["name"])
+    return ApiResponse(
+        {
+            "id": req.rest,
+            "name": name,
+            "type": "Microsoft.CognitiveServices/accounts/deployments",
+            "sku": sku,
+            "properties": {"model": model, "provisioningState": "Succeeded"},
+        },
+        status=201,
+    )
+
+
 def _chat(svc: EmulatorService, req: ApiRequest) -> ApiResponse:
     result = svc.chat(req.json(), req.style, req.deployment)
     svc.wait_latency(result.route.fine_tuned)
@@ -147,6 +184,7 @@ ROUTES: list[tuple[str, re.Pattern[str], Handler]] = [
     (method, re.compile(f"^{pattern}$"), handler)
     for method, pattern, handler in [
         ("POST", r"/chat/completions", _chat),
+        ("PUT", r"/deployments/(?P<name>[^/]+)", _put_deployment),
         ("POST", r"/files", _upload),
         ("GET", r"/files", _json(lambda s, r: s.list_files(r.query), "ListFilesResponse")),
         (
@@ -240,7 +278,12 @@ def route_name(req: ApiRequest) -> str:
             for name, value in m.groupdict().items():
                 path = path.replace(value, "{" + name + "}", 1)
             break
-    prefix = {"openai": "/v1", "azure": "/openai", "azure_v1": "/openai/v1"}[req.style]
+    prefix = {
+        "openai": "/v1",
+        "azure": "/openai",
+        "azure_v1": "/openai/v1",
+        "azure_mgmt": "/subscriptions/{subscription}/.../accounts/{account}",
+    }[req.style]
     if req.deployment is not None:
         prefix += "/deployments/{deployment}"
     return f"{req.method} {prefix}{path}"

@@ -132,6 +132,8 @@ class Emulator:
             "AZURE_OPENAI_ENDPOINT": self.azure_endpoint,
             "AZURE_OPENAI_API_KEY": self.api_key,
             "OPENAI_API_VERSION": AZURE_API_VERSION,
+            "AZURE_MANAGEMENT_ENDPOINT": self.origin,
+            "AZURE_MANAGEMENT_TOKEN": self.api_key,
         }
 
     def deploy(self, deployment: str, model: str) -> None:

@@ -81,6 +81,9 @@ class EmulatorRequestHandler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self._dispatch("DELETE")
 
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
     # --- one request -----------------------------------------------------------------------
 
     def _read_body(self) -> bytes:

@@ -1,0 +1,206 @@
+"""`vlm-classify finetune` and `vlm-classify deploy`: the fine-tuning API, followed live."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+from rich.markup import escape
+
+from ..deploy import DeployOptions, deploy
+from ..finetune import FinetuneEvent, FinetuneOptions, finetune
+from ..openai_wire import DETAILS
+from ..prompts import PROMPT_STYLES
+from ._console import err_console, out_console
+
+
+def _auto_int(_ctx: click.Context, _param: click.Parameter, value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        raise click.BadParameter("give a positive whole number or 'auto'") from None
+    if n < 1:
+        raise click.BadParameter("give a positive whole number or 'auto'")
+    return n
+
+
+def _auto_float(_ctx: click.Context, _param: click.Parameter, value: str) -> float | str:
+    if value == "auto":
+        return value
+    try:
+        x = float(value)
+    except ValueError:
+        raise click.BadParameter("give a positive number or 'auto'") from None
+    if x <= 0:
+        raise click.BadParameter("give a positive number or 'auto'")
+    return x
+
+
+@click.command("finetune")
+@click.argument("prepared_dir", metavar="DIR", type=click.Path(path_type=Path))
+@click.option(
+    "--model",
+    required=True,
+    help="Base model: openai/gpt-4o-2024-08-06 or azure/gpt-4o-2024-08-06.",
+)
+@click.option("--name", required=True, help="The arm recording this job, e.g. ft-job.")
+@click.option(
+    "--epochs", default="2", show_default=True, callback=_auto_int, help="Epochs, or 'auto'."
+)
+@click.option(
+    "--lr-multiplier",
+    default="0.5",
+    show_default=True,
+    callback=_auto_float,
+    help="Learning-rate multiplier, or 'auto'.",
+)
+@click.option(
+    "--batch-size",
+    default="auto",
+    show_default=True,
+    callback=_auto_int,
+    help="Batch size, or 'auto'.",
+)
+@click.option("--seed", default=42, show_default=True, type=int)
+@click.option("--suffix", help="Added to the fine-tuned model's name.")
+@click.option(
+    "--prompt",
+    default="full",
+    show_default=True,
+    type=click.Choice(PROMPT_STYLES),
+    help="System prompt of the training examples (evaluate with the same).",
+)
+@click.option("--detail", default="low", show_default=True, type=click.Choice(DETAILS))
+@click.option(
+    "--detach", is_flag=True, help="Create the job and return; rerun (or --follow) to re-attach."
+)
+@click.option(
+    "--follow", "follow_only", is_flag=True, help="Re-attach to this arm's job; never start one."
+)
+@click.option(
+    "--poll",
+    "poll_s",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds between status checks.",
+)
+def finetune_cmd(
+    prepared_dir: Path,
+    model: str,
+    name: str,
+    epochs: int | str,
+    lr_multiplier: float | str,
+    batch_size: int | str,
+    seed: int,
+    suffix: str | None,
+    prompt: str,
+    detail: str,
+    detach: bool,
+    follow_only: bool,
+    poll_s: float,
+) -> None:
+    """Fine-tune MODEL on the train split of DIR (validated on val) and follow the job live.
+
+    Files are validated locally and uploaded once; the job id is saved, so rerunning the command
+    re-attaches to the same job instead of starting another. The outcome (job id, fine-tuned
+    model, trained tokens, metrics) lands in DIR/arms/NAME/finetune.json.
+    """
+    options = FinetuneOptions.model_validate(
+        {
+            "model": model,
+            "name": name,
+            "epochs": epochs,
+            "lr_multiplier": lr_multiplier,
+            "batch_size": batch_size,
+            "seed": seed,
+            "suffix": suffix,
+            "prompt": prompt,
+            "detail": detail,
+            "detach": detach,
+            "follow_only": follow_only,
+            "poll_s": poll_s,
+        }
+    )
+    with err_console.status("starting", spinner="dots") as status:
+
+        def on_event(ev: FinetuneEvent) -> None:
+            if ev.kind == "status":
+                status.update(escape(ev.message))
+            style = {"event": "dim", "status": "bold"}.get(ev.kind, "")
+            err_console.print(f"[{style}]{escape(ev.message)}[/]" if style else escape(ev.message))
+
+        result = finetune(prepared_dir, options, on_event=on_event)
+    record = result.record
+    out_console.print(f"job {record['job_id']}: {record['status']}")
+    if record.get("fine_tuned_model"):
+        out_console.print(f"  fine-tuned model: {record['fine_tuned_model']}")
+        out_console.print(f"  trained tokens:   {record.get('trained_tokens') or 0:,}")
+        if record.get("emulated"):
+            out_console.print(
+                "  [yellow](emulated: trained by the built-in emulator, not a real service)[/]"
+            )
+        if record["base_model"].startswith("azure/"):
+            out_console.print(
+                f"  next: vlm-classify deploy {prepared_dir} --job {name} --deployment <name> (Azure serves it once deployed)"
+            )
+        else:
+            out_console.print(
+                f"  next: vlm-classify classify {prepared_dir} --model openai/{record['fine_tuned_model']} --name fine-tuned --prompt {prompt}"
+            )
+    out_console.print(f"  {result.path}")
+
+
+@click.command("deploy")
+@click.argument("prepared_dir", metavar="DIR", type=click.Path(path_type=Path))
+@click.option("--job", required=True, help="The finetune arm (its finetune.json names the model).")
+@click.option("--deployment", required=True, help="Name of the Azure deployment to create.")
+@click.option("--subscription", help="Azure subscription id.")
+@click.option("--resource-group", help="Resource group of the Azure OpenAI resource.")
+@click.option("--account", help="Name of the Azure OpenAI resource.")
+@click.option(
+    "--sku", default="standard", show_default=True, help="standard, globalstandard or developer."
+)
+@click.option("--capacity", default=1, show_default=True, type=click.IntRange(1))
+def deploy_cmd(
+    prepared_dir: Path,
+    job: str,
+    deployment: str,
+    subscription: str | None,
+    resource_group: str | None,
+    account: str | None,
+    sku: str,
+    capacity: int,
+) -> None:
+    """Deploy a fine-tuned model on Azure OpenAI (control-plane PUT), or print the exact command.
+
+    Sending needs --subscription, --resource-group, --account and AZURE_MANAGEMENT_TOKEN
+    (az account get-access-token --query accessToken -o tsv).
+    """
+    options = DeployOptions(
+        job=job,
+        deployment=deployment,
+        subscription=subscription,
+        resource_group=resource_group,
+        account=account,
+        sku=sku,
+        capacity=capacity,
+    )
+    result = deploy(prepared_dir, options)
+    if not result.sent:
+        out_console.print(
+            "No subscription details given: run this (Azure CLI) to deploy, then evaluate it:"
+        )
+        out_console.print(f"  {escape(result.command)}")
+        out_console.print("or send this request with a management token:")
+        out_console.print(f"  PUT {escape(result.url)}")
+        out_console.print(f"  {json.dumps(result.body)}")
+    else:
+        state = (result.response or {}).get("properties", {}).get("provisioningState", "sent")
+        out_console.print(f"deployment {deployment}: {state}")
+    out_console.print(
+        f"  then: vlm-classify classify {prepared_dir} --model azure/{deployment} --name fine-tuned"
+    )

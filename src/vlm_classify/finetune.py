@@ -1,0 +1,356 @@
+"""`finetune`: a supervised vision fine-tune through the fine-tuning API, resumable.
+
+Validate and write the training files locally (`export`), upload them, create the job, and follow
+it. File and job ids are stored the moment they exist, and the job carries metadata naming the
+arm and the exact input, so a rerun re-attaches to the job instead of starting (and paying for)
+another. The outcome lands in `DIR/arms/ARM/finetune.json`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import openai
+from pydantic import BaseModel, Field
+
+from .arms import arm_dir, check_arm_name
+from .backends.openai import make_client, parse_openai_model, translate_error
+from .errors import FatalError, TransientError, UserError
+from .export import ExportOptions, export
+from .openai_wire import Detail
+from .prompts import PromptStyle
+from .store import Store
+
+FINETUNE_JSON = "finetune.json"
+RESULTS_CSV = "finetune-results.csv"
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+class FinetuneOptions(BaseModel):
+    """A fine-tuning job's settings; saved in finetune.json."""
+
+    model: str
+    """Base model, `openai/gpt-4o-2024-08-06` or `azure/gpt-4o-2024-08-06` (the base model name)."""
+    name: str
+    """The arm that records this job (its folder under `DIR/arms/`)."""
+    epochs: int | Literal["auto"] = 2
+    lr_multiplier: float | Literal["auto"] = 0.5
+    batch_size: int | Literal["auto"] = "auto"
+    seed: int | None = 42
+    suffix: str | None = Field(None, max_length=64)
+    """Added to the fine-tuned model's name."""
+    prompt: PromptStyle = "full"
+    """System prompt of the training examples; evaluate the fine-tuned model with the same one."""
+    detail: Detail = "low"
+    detach: bool = False
+    """Create the job and return; a later run (or `--follow`) re-attaches to it."""
+    follow_only: bool = False
+    """Only re-attach to this arm's job; never create one."""
+    poll_s: float = Field(10.0, gt=0)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {
+            "n_epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "learning_rate_multiplier": self.lr_multiplier,
+        }
+
+
+class FinetuneEvent(BaseModel):
+    """A line for the live display: a job status change or one of the service's events."""
+
+    kind: Literal["status", "event", "file", "job"]
+    message: str
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class FinetuneResult(BaseModel):
+    path: Path
+    """`finetune.json`."""
+    record: dict[str, Any]
+
+
+def finetune(
+    prepared_dir: Path,
+    options: FinetuneOptions,
+    on_event: Callable[[FinetuneEvent], None] | None = None,
+) -> FinetuneResult:
+    """Fine-tune `options.model` on the train split (validated with val); resume if already started."""
+    prepared_dir = Path(prepared_dir)
+    check_arm_name(options.name)
+    ref = parse_openai_model(options.model)
+    client = make_client(ref)  # credentials checked before any work
+    emit = on_event or (lambda _e: None)
+    out = arm_dir(prepared_dir, options.name)
+    with Store.for_dir(prepared_dir) as store:
+        known = store.remote(options.name, "ft_job", "job")
+        if known is None and options.follow_only:
+            raise UserError(
+                f"arm {options.name!r} has no fine-tuning job to follow: run without --follow first"
+            )
+        exported = None
+        if known is None:
+            exported = export(
+                prepared_dir,
+                ExportOptions(
+                    model=options.model,
+                    prompt=options.prompt,
+                    training_prompt=options.prompt,
+                    detail=options.detail,
+                ),
+            )
+            for w in exported.warnings:
+                emit(FinetuneEvent(kind="status", message=f"warning: {w}"))
+        return asyncio.run(
+            _run(
+                client,
+                ref.provider,
+                ref.name,
+                prepared_dir,
+                out,
+                options,
+                store,
+                known,
+                exported,
+                emit,
+            )
+        )
+
+
+async def _run(
+    client, provider, base_name, prepared_dir, out, options, store, known, exported, emit
+) -> FinetuneResult:  # type: ignore[no-untyped-def]
+    try:
+        if known is not None:
+            job = await client.fine_tuning.jobs.retrieve(known.remote_id)
+            emit(FinetuneEvent(kind="job", message=f"re-attached to job {job.id} ({job.status})"))
+        else:
+            job = await _create(client, options, base_name, store, exported, emit)
+        out.mkdir(parents=True, exist_ok=True)
+        record = _record(job, provider, options, out)
+        _write(out, record)
+        if options.detach and job.status not in TERMINAL:
+            emit(
+                FinetuneEvent(
+                    kind="status",
+                    message="detached: rerun the same command (or add --follow) to re-attach",
+                )
+            )
+            return FinetuneResult(path=out / FINETUNE_JSON, record=record)
+        job = await _follow(client, job, options.poll_s, emit)
+        store.put_remote(options.name, "ft_job", "job", job.id, job.status)
+        record = _record(job, provider, options, out)
+        if job.status == "succeeded" and job.result_files:
+            (out / RESULTS_CSV).write_bytes(
+                _decode_results(await client.files.content(job.result_files[0]))
+            )
+            record["results_csv"] = RESULTS_CSV
+        record["emulated"] = await _emulated(client)
+        _write(out, record)
+    except openai.OpenAIError as e:
+        raise translate_error(e) from None
+    finally:
+        await client.close()
+    if job.status == "failed":
+        err = job.error.message if job.error and job.error.message else "no reason given"
+        raise FatalError(
+            f"fine-tuning job {job.id} failed: {err}. Fix the training data or settings, then rerun with a new --name"
+        )
+    if job.status == "cancelled":
+        raise FatalError(
+            f"fine-tuning job {job.id} was cancelled: rerun with a new --name to start another"
+        )
+    return FinetuneResult(path=out / FINETUNE_JSON, record=record)
+
+
+def _input_key(options: FinetuneOptions, base_name: str, files: list[tuple[str, bytes]]) -> str:
+    h = hashlib.sha256(
+        json.dumps([base_name, options.hyperparameters(), options.seed, options.suffix]).encode()
+    )
+    for name, digest in files:
+        h.update(name.encode() + digest)
+    return h.hexdigest()[:24]
+
+
+async def _create(
+    client, options: FinetuneOptions, base_name: str, store: Store, exported, emit
+) -> Any:  # type: ignore[no-untyped-def]
+    files = {f.kind: f for f in exported.files if f.kind in ("train", "val")}
+    if "train" not in files:
+        raise UserError(
+            "no training file was written: the train split is empty (see `vlm-classify prepare --split`)"
+        )
+    key = _input_key(options, base_name, [(k, f.sha256.encode()) for k, f in sorted(files.items())])
+    metadata = {"vlm_classify_arm": options.name[:64], "vlm_classify_input": key}
+    async for job in await client.fine_tuning.jobs.list(limit=100):
+        if (job.metadata or {}).get("vlm_classify_input") == key and job.status not in (
+            "failed",
+            "cancelled",
+        ):
+            store.put_remote(options.name, "ft_job", "job", job.id, job.status)
+            emit(
+                FinetuneEvent(
+                    kind="job", message=f"found job {job.id} for this exact input ({job.status})"
+                )
+            )
+            return job
+    ids: dict[str, str] = {}
+    for kind, f in sorted(files.items()):
+        file_key = f"{kind}-{f.sha256[:24]}"
+        stored = store.remote(options.name, "ft_file", file_key)
+        if stored:
+            ids[kind] = stored.remote_id
+            continue
+        emit(
+            FinetuneEvent(
+                kind="file",
+                message=f"uploading {f.path.name} ({f.lines} examples, {f.bytes / 1e6:.1f} MB)",
+            )
+        )
+        with f.path.open("rb") as fh:
+            uploaded = await client.files.create(file=(f.path.name, fh), purpose="fine-tune")
+        ids[kind] = uploaded.id
+        store.put_remote(options.name, "ft_file", file_key, uploaded.id)
+    hyper = {k: v for k, v in options.hyperparameters().items() if v != "auto"}
+    kwargs: dict[str, Any] = {
+        "model": base_name,
+        "training_file": ids["train"],
+        "method": {"type": "supervised", "supervised": {"hyperparameters": hyper}},
+        "metadata": metadata,
+    }
+    if "val" in ids:
+        kwargs["validation_file"] = ids["val"]
+    if options.seed is not None:
+        kwargs["seed"] = options.seed
+    if options.suffix:
+        kwargs["suffix"] = options.suffix
+    job = await client.fine_tuning.jobs.create(**kwargs)
+    store.put_remote(options.name, "ft_job", "job", job.id, job.status, **ids)
+    emit(FinetuneEvent(kind="job", message=f"created fine-tuning job {job.id} on {base_name}"))
+    return job
+
+
+async def _follow(client, job, poll_s: float, emit) -> Any:  # type: ignore[no-untyped-def]
+    """Poll the job and its events until it ends; every new event and status change is emitted."""
+    seen: set[str] = set()
+    status = None
+    while True:
+        if job.status != status:
+            status = job.status
+            emit(
+                FinetuneEvent(
+                    kind="status", message=f"job {job.id}: {status}", data={"status": status}
+                )
+            )
+        try:
+            page = await client.fine_tuning.jobs.list_events(job.id, limit=100)
+            for ev in reversed(page.data):  # the service lists newest first
+                if ev.id not in seen:
+                    seen.add(ev.id)
+                    emit(
+                        FinetuneEvent(
+                            kind="event",
+                            message=ev.message,
+                            data=dict(ev.data or {}) if isinstance(ev.data, dict) else {},
+                        )
+                    )
+        except openai.OpenAIError as e:
+            if not isinstance(translate_error(e), TransientError):
+                raise
+        if job.status in TERMINAL:
+            return job
+        await asyncio.sleep(poll_s)
+        try:
+            job = await client.fine_tuning.jobs.retrieve(job.id)
+        except openai.OpenAIError as e:
+            if not isinstance(translate_error(e), TransientError):
+                raise
+
+
+def _decode_results(content: Any) -> bytes:
+    """The result file as CSV bytes (OpenAI serves it base64-encoded; the emulator as plain CSV)."""
+    data: bytes = content.content if hasattr(content, "content") else bytes(content)
+    if data.lstrip().startswith(b"step"):
+        return data
+    try:
+        decoded = base64.b64decode(data, validate=False)
+    except (binascii.Error, ValueError):
+        return data
+    return decoded if decoded.lstrip().startswith(b"step") else data
+
+
+async def _emulated(client: openai.AsyncOpenAI) -> bool:
+    try:
+        raw = await client.models.with_raw_response.list()
+    except openai.OpenAIError:
+        return False
+    return bool(raw.headers.get("x-emulated"))
+
+
+def _record(job: Any, provider: str, options: FinetuneOptions, out: Path) -> dict[str, Any]:
+    previous = _read(out)
+    hyper = job.hyperparameters.model_dump() if job.hyperparameters else {}
+    if job.method and job.method.supervised and job.method.supervised.hyperparameters:
+        hyper = job.method.supervised.hyperparameters.model_dump()
+    record = {
+        **previous,
+        "job_id": job.id,
+        "status": job.status,
+        "base_model": f"{provider}/{job.model}",
+        "fine_tuned_model": job.fine_tuned_model,
+        "trained_tokens": job.trained_tokens,
+        "hyperparameters": hyper,
+        "seed": job.seed,
+        "suffix": options.suffix,
+        "prompt": options.prompt,
+        "detail": options.detail,
+        "training_file": job.training_file,
+        "validation_file": job.validation_file,
+        "created_at": job.created_at,
+        "finished_at": job.finished_at,
+        "error": job.error.model_dump() if job.error and job.error.message else None,
+        "updated_at": time.time(),
+    }
+    if job.fine_tuned_model:
+        record["evaluate_with"] = (
+            f"vlm-classify classify DIR --model {provider}/{job.fine_tuned_model if provider == 'openai' else '<deployment>'}"
+            f" --name fine-tuned --prompt {options.prompt}"
+        )
+    return record
+
+
+def _read(out: Path) -> dict[str, Any]:
+    try:
+        return dict(json.loads((out / FINETUNE_JSON).read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return {}
+
+
+def _write(out: Path, record: dict[str, Any]) -> None:
+    tmp = out / (FINETUNE_JSON + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.replace(out / FINETUNE_JSON)
+
+
+def find_fine_tune(prepared_dir: Path, model: str) -> dict[str, Any] | None:
+    """The finetune.json (plus its arm name) whose fine-tuned model (or Azure deployment) is `model`."""
+    ref_name = model.partition("/")[2]
+    for path in sorted((Path(prepared_dir) / "arms").glob(f"*/{FINETUNE_JSON}")):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if ref_name and ref_name in (
+            record.get("fine_tuned_model"),
+            *record.get("deployments", []),
+        ):
+            return {"job_arm": path.parent.name, **record}
+    return None
