@@ -111,7 +111,7 @@ def test_a_failed_job_shows_the_service_error(small_prepared: Path, monkeypatch)
     with Emulator(cfg) as e:
         for k, v in e.env().items():
             monkeypatch.setenv(k, v)
-        with pytest.raises(FatalError, match="failed: .+rerun with a new --name"):
+        with pytest.raises(FatalError, match=r"failed: .+rerun with a new --name"):
             finetune(small_prepared, _ft())
 
 
