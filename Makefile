@@ -15,17 +15,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
+# The whole study offline: sample -> prepare -> export -> estimate -> emulator -> zero-shot (Batch
+# API) -> fine-tune -> fine-tuned model -> latency -> report. Output in $(DEMO)/.
 demo: $(VENV)/.installed
-	@echo "== 1/4 generate a Stanford-Dogs-shaped sample (offline stand-in for the real dataset)"
-	$(BIN)/vlm-classify sample $(DEMO)/source --classes 12 --per-class 14
-	@echo "== 2/4 prepare: validate, normalise, deduplicate, sample 10/2/2 per class"
-	$(BIN)/vlm-classify prepare $(DEMO)/source --out $(DEMO)/prepared --split 10,2,2
-	@echo "== 3/4 export: fine-tuning JSONL (train, val) and Batch API input (test)"
-	$(BIN)/vlm-classify export $(DEMO)/prepared --model openai/gpt-4o-2024-08-06
-	@echo "== 4/4 estimate: what the experiment will cost before a cent is spent"
-	$(BIN)/vlm-classify estimate $(DEMO)/prepared --model azure/gpt-4o-2024-08-06
-	@echo
-	@echo "Demo output is in $(DEMO)/prepared (manifest.csv, prepare-report.json, jsonl/)"
+	BIN=$(BIN) DEMO=$(DEMO) bash scripts/demo.sh
 
 test: $(VENV)/.installed
 	$(BIN)/ruff check src tests benchmarks

@@ -194,3 +194,27 @@ def test_cli_finetune_prints_the_next_step(small_prepared: Path, emu: Emulator, 
         )
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "Traceback" not in err and "--epochs" in err
+
+
+def test_a_job_the_server_lost_is_started_again(small_prepared: Path, monkeypatch) -> None:
+    def serve() -> Emulator:
+        e = Emulator(EmulatorConfig(manifests=[small_prepared], ft_seconds=0.2)).start()
+        for k, v in e.env().items():
+            monkeypatch.setenv(k, v)
+        return e
+
+    first_emu = serve()
+    try:
+        first = finetune(small_prepared, _ft(detach=True))
+    finally:
+        first_emu.stop()
+    events: list[FinetuneEvent] = []
+    second_emu = serve()
+    try:
+        second = finetune(small_prepared, _ft(), on_event=events.append)
+    finally:
+        second_emu.stop()
+    assert first.record["status"] != "succeeded"
+    assert second.record["status"] == "succeeded" and second.record["fine_tuned_model"]
+    assert any("unknown to this server" in e.message for e in events)
+    assert any(e.kind == "file" and "uploading train.jsonl" in e.message for e in events)

@@ -167,9 +167,15 @@ async def _attach_or_create(
     """The batch for this exact input: re-attached from the store or the service, else created."""
     known = store.remote(arm, KIND, key)
     if known:
-        batch = await client.batches.retrieve(known.remote_id)
-        say(f"part {n}/{total}: re-attached to batch {batch.id} ({batch.status})")
-        return batch
+        try:
+            batch = await client.batches.retrieve(known.remote_id)
+        except openai.NotFoundError:
+            say(
+                f"part {n}/{total}: batch {known.remote_id} is unknown to this server: creating a new one"
+            )
+        else:
+            say(f"part {n}/{total}: re-attached to batch {batch.id} ({batch.status})")
+            return batch
     metadata = {"vlm_classify_arm": arm[:64], "vlm_classify_input": key}
     async for existing in await client.batches.list(limit=100):
         if (existing.metadata or {}).get("vlm_classify_input") == key and existing.status not in {
@@ -182,6 +188,8 @@ async def _attach_or_create(
             return existing
     file_key = f"file-{key}"
     uploaded = store.remote(arm, "batch_input_file", file_key)
+    if uploaded and known:  # the server lost the batch: it may have lost the file too
+        uploaded = None
     if uploaded:
         file_id = uploaded.remote_id
     else:

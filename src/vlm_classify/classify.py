@@ -116,20 +116,21 @@ def classify(
         else:
             summary = asyncio.run(_realtime(backend, items, store, options, on_progress))
         emulated = backend.emulated or _previously_emulated(arm_dir(prepared_dir, options.name))
-        extra = {
+        last_run: dict[str, Any] = {
+            "started_at": started,
+            "wall_s": round(summary.wall_s, 3),
+            "requested": summary.requested,
+            "skipped_already_done": summary.skipped,
+            "errors": summary.errors,
+            "retries": summary.retries,
+            "error_kinds": summary.error_kinds,
+        }
+        extra: dict[str, Any] = {
             "provider": ref.provider,
             "split": options.split,
             "emulated": emulated,
             "runner": options.runner.model_dump(),
-            "last_run": {
-                "started_at": started,
-                "wall_s": round(summary.wall_s, 3),
-                "requested": summary.requested,
-                "skipped_already_done": summary.skipped,
-                "errors": summary.errors,
-                "retries": summary.retries,
-                "error_kinds": summary.error_kinds,
-            },
+            "last_run": last_run,
             "versions": {
                 "vlm_classify": __version__,
                 "openai": openai.__version__,
@@ -141,7 +142,7 @@ def classify(
             keys = ("job_arm", "job_id", "base_model", "trained_tokens", "emulated")
             extra["fine_tune"] = {k: ft.get(k) for k in keys}
         out, totals = write_arm_files(prepared_dir, store, options.name, extra)
-    return ClassifyResult(arm_dir=out, totals=totals, summary=extra["last_run"], emulated=emulated)
+    return ClassifyResult(arm_dir=out, totals=totals, summary=last_run, emulated=emulated)
 
 
 def _previously_emulated(out: Path) -> bool:

@@ -15,6 +15,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,7 +25,7 @@ from pydantic import BaseModel, Field
 from .arms import arm_dir, check_arm_name
 from .backends.openai import make_client, parse_openai_model, translate_error
 from .errors import FatalError, TransientError, UserError
-from .export import ExportOptions, export
+from .export import ExportOptions, ExportResult, export
 from .openai_wire import Detail
 from .prompts import PromptStyle
 from .store import Store
@@ -88,87 +89,113 @@ def finetune(
     check_arm_name(options.name)
     ref = parse_openai_model(options.model)
     client = make_client(ref)  # credentials checked before any work
-    emit = on_event or (lambda _e: None)
-    out = arm_dir(prepared_dir, options.name)
     with Store.for_dir(prepared_dir) as store:
-        known = store.remote(options.name, "ft_job", "job")
-        if known is None and options.follow_only:
-            raise UserError(
-                f"arm {options.name!r} has no fine-tuning job to follow: run without --follow first"
-            )
-        exported = None
-        if known is None:
-            exported = export(
-                prepared_dir,
-                ExportOptions(
-                    model=options.model,
-                    prompt=options.prompt,
-                    training_prompt=options.prompt,
-                    detail=options.detail,
-                ),
-            )
-            for w in exported.warnings:
-                emit(FinetuneEvent(kind="status", message=f"warning: {w}"))
-        return asyncio.run(
-            _run(
-                client,
-                ref.provider,
-                ref.name,
-                prepared_dir,
-                out,
-                options,
-                store,
-                known,
-                exported,
-                emit,
-            )
+        session = _Session(
+            client,
+            ref.provider,
+            ref.name,
+            prepared_dir,
+            options,
+            store,
+            on_event or (lambda _e: None),
         )
+        return asyncio.run(session.run())
 
 
-async def _run(
-    client, provider, base_name, prepared_dir, out, options, store, known, exported, emit
-) -> FinetuneResult:  # type: ignore[no-untyped-def]
-    try:
-        if known is not None:
-            job = await client.fine_tuning.jobs.retrieve(known.remote_id)
-            emit(FinetuneEvent(kind="job", message=f"re-attached to job {job.id} ({job.status})"))
-        else:
-            job = await _create(client, options, base_name, store, exported, emit)
-        out.mkdir(parents=True, exist_ok=True)
-        record = _record(job, provider, options, out)
-        _write(out, record)
-        if options.detach and job.status not in TERMINAL:
-            emit(
-                FinetuneEvent(
-                    kind="status",
-                    message="detached: rerun the same command (or add --follow) to re-attach",
+@dataclass
+class _Session:
+    """One `finetune` call: find or create the job, follow it, record the outcome."""
+
+    client: openai.AsyncOpenAI
+    provider: str
+    base_name: str
+    prepared_dir: Path
+    options: FinetuneOptions
+    store: Store
+    emit: Callable[[FinetuneEvent], None]
+
+    @property
+    def out(self) -> Path:
+        return arm_dir(self.prepared_dir, self.options.name)
+
+    def say(self, kind: Literal["status", "event", "file", "job"], message: str) -> None:
+        self.emit(FinetuneEvent(kind=kind, message=message))
+
+    async def run(self) -> FinetuneResult:
+        name = self.options.name
+        try:
+            job = await self._attach()
+            if job is None:
+                if self.options.follow_only:
+                    raise UserError(
+                        f"arm {name!r} has no fine-tuning job to follow: run without --follow first"
+                    )
+                job = await _create(
+                    self.client, self.options, self.base_name, self.store, self._export(), self.emit
                 )
+            self.out.mkdir(parents=True, exist_ok=True)
+            record = _record(job, self.provider, self.options, self.out)
+            _write(self.out, record)
+            if self.options.detach and job.status not in TERMINAL:
+                self.say(
+                    "status", "detached: rerun the same command (or add --follow) to re-attach"
+                )
+                return FinetuneResult(path=self.out / FINETUNE_JSON, record=record)
+            job = await _follow(self.client, job, self.options.poll_s, self.emit)
+            self.store.put_remote(name, "ft_job", "job", job.id, job.status)
+            record = _record(job, self.provider, self.options, self.out)
+            if job.status == "succeeded" and job.result_files:
+                content = await self.client.files.content(job.result_files[0])
+                (self.out / RESULTS_CSV).write_bytes(_decode_results(content))
+                record["results_csv"] = RESULTS_CSV
+            record["emulated"] = await _emulated(self.client)
+            _write(self.out, record)
+        except openai.OpenAIError as e:
+            raise translate_error(e) from None
+        finally:
+            await self.client.close()
+        if job.status == "failed":
+            err = job.error.message if job.error and job.error.message else "no reason given"
+            raise FatalError(
+                f"fine-tuning job {job.id} failed: {err}. Fix the training data or settings, "
+                "then rerun with a new --name"
             )
-            return FinetuneResult(path=out / FINETUNE_JSON, record=record)
-        job = await _follow(client, job, options.poll_s, emit)
-        store.put_remote(options.name, "ft_job", "job", job.id, job.status)
-        record = _record(job, provider, options, out)
-        if job.status == "succeeded" and job.result_files:
-            (out / RESULTS_CSV).write_bytes(
-                _decode_results(await client.files.content(job.result_files[0]))
+        if job.status == "cancelled":
+            raise FatalError(
+                f"fine-tuning job {job.id} was cancelled: rerun with a new --name to start another"
             )
-            record["results_csv"] = RESULTS_CSV
-        record["emulated"] = await _emulated(client)
-        _write(out, record)
-    except openai.OpenAIError as e:
-        raise translate_error(e) from None
-    finally:
-        await client.close()
-    if job.status == "failed":
-        err = job.error.message if job.error and job.error.message else "no reason given"
-        raise FatalError(
-            f"fine-tuning job {job.id} failed: {err}. Fix the training data or settings, then rerun with a new --name"
+        return FinetuneResult(path=self.out / FINETUNE_JSON, record=record)
+
+    async def _attach(self) -> Any:
+        """This arm's stored job, or None (also when the server no longer knows it)."""
+        known = self.store.remote(self.options.name, "ft_job", "job")
+        if known is None:
+            return None
+        try:
+            job = await self.client.fine_tuning.jobs.retrieve(known.remote_id)
+        except openai.NotFoundError:
+            self.say(
+                "status",
+                f"job {known.remote_id} is unknown to this server: it will be started again",
+            )
+            self.store.forget_remote(self.options.name, "ft_job", "job")
+            self.store.forget_remote(self.options.name, "ft_file")
+            return None
+        self.say("job", f"re-attached to job {job.id} ({job.status})")
+        return job
+
+    def _export(self) -> ExportResult:
+        """Validate and write train/val locally (the limits are checked before any upload)."""
+        o = self.options
+        result = export(
+            self.prepared_dir,
+            ExportOptions(
+                model=o.model, prompt=o.prompt, training_prompt=o.prompt, detail=o.detail
+            ),
         )
-    if job.status == "cancelled":
-        raise FatalError(
-            f"fine-tuning job {job.id} was cancelled: rerun with a new --name to start another"
-        )
-    return FinetuneResult(path=out / FINETUNE_JSON, record=record)
+        for w in result.warnings:
+            self.say("status", f"warning: {w}")
+        return result
 
 
 def _input_key(options: FinetuneOptions, base_name: str, files: list[tuple[str, bytes]]) -> str:
@@ -181,8 +208,13 @@ def _input_key(options: FinetuneOptions, base_name: str, files: list[tuple[str, 
 
 
 async def _create(
-    client, options: FinetuneOptions, base_name: str, store: Store, exported, emit
-) -> Any:  # type: ignore[no-untyped-def]
+    client: openai.AsyncOpenAI,
+    options: FinetuneOptions,
+    base_name: str,
+    store: Store,
+    exported: ExportResult,
+    emit: Callable[[FinetuneEvent], None],
+) -> Any:
     files = {f.kind: f for f in exported.files if f.kind in ("train", "val")}
     if "train" not in files:
         raise UserError(
@@ -238,7 +270,9 @@ async def _create(
     return job
 
 
-async def _follow(client, job, poll_s: float, emit) -> Any:  # type: ignore[no-untyped-def]
+async def _follow(
+    client: openai.AsyncOpenAI, job: Any, poll_s: float, emit: Callable[[FinetuneEvent], None]
+) -> Any:
     """Poll the job and its events until it ends; every new event and status change is emitted."""
     seen: set[str] = set()
     status = None

@@ -260,6 +260,17 @@ class Store:
                 (arm, kind, key, remote_id, status, json.dumps(data, sort_keys=True), now, now),
             )
 
+    def forget_remote(self, arm: str, kind: str, key: str | None = None) -> None:
+        """Drop stored remote ids (all of `kind` when `key` is None): the server no longer has them."""
+        with self._tx() as db:
+            if key is None:
+                db.execute("DELETE FROM remote_objects WHERE arm = ? AND kind = ?", (arm, kind))
+            else:
+                db.execute(
+                    "DELETE FROM remote_objects WHERE arm = ? AND kind = ? AND key = ?",
+                    (arm, kind, key),
+                )
+
     def remote(self, arm: str, kind: str, key: str) -> RemoteObject | None:
         row = self._db.execute(
             "SELECT kind, key, remote_id, status, data FROM remote_objects "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import click
@@ -77,7 +78,7 @@ Fraction = click.FloatRange(0, 1)
 @click.option(
     "--latency-profile",
     type=click.Path(path_type=Path),
-    help="CSV with a latency_ms column (and model: base/fine_tuned) to replay.",
+    help="CSV with a latency_ms column (and model: base/fine_tuned) to replay; `seed-study` replays the original study's 1,200 measured requests.",
 )
 @click.option(
     "--latency-scale",
@@ -142,6 +143,11 @@ Fraction = click.FloatRange(0, 1)
     metavar="NAME=MODEL",
     help="Azure deployment of a model (MODEL 'ft' marks a fine-tuned one); repeatable.",
 )
+@click.option(
+    "--env-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Once listening, write the `export VAR=...` lines there too (for scripts: `. FILE`).",
+)
 def emulator_cmd(
     port: int,
     host: str,
@@ -161,6 +167,7 @@ def emulator_cmd(
     batch_fail_rate: float,
     ft_seconds: float,
     deployments: tuple[str, ...],
+    env_file: Path | None,
 ) -> None:
     """Run a local stand-in for the OpenAI and Azure OpenAI APIs (no keys, no network).
 
@@ -204,8 +211,13 @@ def emulator_cmd(
         f"  OpenAI style: {emu.base_url}   Azure style: {emu.azure_endpoint}/openai   Azure v1: {emu.azure_v1_base_url}"
     )
     err_console.print("  export these to point clients at it:")
-    for name, value in emu.env().items():
-        out_console.print(f"export {name}={value}", soft_wrap=True)
+    lines = [f"export {name}={shlex.quote(value)}" for name, value in emu.env().items()]
+    for line in lines:
+        out_console.print(line, soft_wrap=True, markup=False)
+    if env_file is not None:
+        tmp = env_file.with_name(env_file.name + ".tmp")
+        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        tmp.replace(env_file)  # appears whole, once the port is bound
     try:
         emu.serve_forever()
     except KeyboardInterrupt:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from importlib import resources
 from pathlib import Path
 
 from ..errors import UserError
@@ -10,6 +11,8 @@ from . import draw
 
 LATENCY_COLUMN = "latency_ms"
 MODEL_COLUMN = "model"
+BUILTIN_SEED_STUDY = "seed-study"
+"""`--latency-profile seed-study`: the original study's 2 x 600 measured requests (shipped)."""
 FT_ROW_NAMES = frozenset({"fine_tuned", "fine-tuned", "ft", "finetuned"})
 """Values of the `model` column that mark a fine-tuned model's rows (the study wrote `fine_tuned`)."""
 
@@ -31,6 +34,8 @@ class LatencyProfile:
     def from_csv(cls, path: Path, scale: float = 1.0) -> LatencyProfile:
         """Read the CSV; a missing file or column is one UserError line."""
         path = Path(path)
+        if str(path) == BUILTIN_SEED_STUDY and not path.exists():
+            path = Path(str(resources.files("vlm_classify") / "data" / "seed-study-latencies.csv"))
         if not path.is_file():
             raise UserError(
                 f"--latency-profile: {path} not found; pass a CSV with a {LATENCY_COLUMN} column"
