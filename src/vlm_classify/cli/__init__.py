@@ -38,7 +38,9 @@ def _register() -> None:
     from .estimate import estimate_cmd
     from .export import export_cmd
     from .finetune import deploy_cmd, finetune_cmd
+    from .latency import latency_cmd
     from .prepare import prepare_cmd
+    from .report import report_cmd
     from .sample import sample_cmd
 
     for cmd in (
@@ -49,6 +51,8 @@ def _register() -> None:
         classify_cmd,
         finetune_cmd,
         deploy_cmd,
+        latency_cmd,
+        report_cmd,
         emulator_cmd,
     ):
         cli.add_command(cmd)

@@ -1,0 +1,78 @@
+"""`vlm-classify report`: compare the arms of a prepared directory and write the decision report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import UserError
+from ._console import err_console, out_console
+
+
+def _names(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise UserError("--arms: give arm names separated by commas, e.g. zero-shot,fine-tuned")
+    return names
+
+
+@click.command("report")
+@click.argument("prepared_dir", metavar="DIR", type=click.Path(path_type=Path))
+@click.option("--arms", help="Arms to compare, comma-separated (default: every arm in DIR/arms).")
+@click.option(
+    "--baseline", help="The arm the others are compared with (default: the first zero-shot arm)."
+)
+@click.option(
+    "--volume",
+    default=10_000,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Images a month, for the monthly cost comparison.",
+)
+@click.option(
+    "--months",
+    default=12,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Months over which training is amortised.",
+)
+@click.option("--out", type=click.Path(path_type=Path), help="Output folder [default: DIR/report].")
+@click.option(
+    "--pricing", type=click.Path(path_type=Path), help="Pricing file extending the shipped table."
+)
+@click.option("--seed", default=0, show_default=True, help="Seed of the paired bootstrap.")
+def report_cmd(
+    prepared_dir: Path,
+    arms: str | None,
+    baseline: str | None,
+    volume: float,
+    months: float,
+    out: Path | None,
+    pricing: Path | None,
+    seed: int,
+) -> None:
+    """Compare the arms recorded in DIR: accuracy with intervals, paired tests, confusions,
+    latency, cost and break-even. Writes results.csv, metrics.json, plots, report.md and a
+    self-contained report.html into DIR/report."""
+    from ..report import ReportOptions, build_report
+
+    options = ReportOptions(
+        arms=_names(arms),
+        baseline=baseline,
+        volume=volume,
+        months=months,
+        out=out,
+        pricing=pricing,
+        seed=seed,
+    )
+    with err_console.status("computing the report"):
+        result = build_report(prepared_dir, options)
+    for sentence in result.verdict:
+        out_console.print(sentence, markup=False)
+    out_console.print(f"  {result.out_dir / 'report.html'}", markup=False)
+    out_console.print(f"  {result.out_dir / 'report.md'}", markup=False)
+    out_console.print(f"  {result.out_dir / 'metrics.json'}", markup=False)
+    out_console.print(f"  {result.out_dir / 'results.csv'}", markup=False)

@@ -1,0 +1,226 @@
+"""Classification metrics with uncertainty, and paired comparisons between arms.
+
+Pure functions over aligned lists (one entry per compared test item). scikit-learn computes the
+per-class figures, always with `labels=` passed explicitly (the original study's per-class report
+had shifted class names because it was not); scipy gives the Wilson interval and the exact
+McNemar test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from scipy.stats import binomtest
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, top_k_accuracy_score
+
+INVALID = "(invalid)"
+"""Stands for an answer that was not a label: always wrong, never a class."""
+SMALL_SUPPORT = 10
+"""Per-class figures on fewer test items than this are flagged as anecdotal."""
+CONFIDENCE = 0.95
+BOOTSTRAP_RESAMPLES = 10_000
+
+
+def accuracy_interval(correct: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Wilson score interval for a proportion (scipy's `binomtest(...).proportion_ci`)."""
+    if n == 0:
+        return (float("nan"), float("nan"))
+    ci = binomtest(correct, n).proportion_ci(confidence_level=confidence, method="wilson")
+    return (float(ci.low), float(ci.high))
+
+
+def class_order(truth: Sequence[str], predicted: Sequence[str], labels: Sequence[str]) -> list[str]:
+    """The label space in `labels` order, plus any label seen in the data but not listed."""
+    seen = set(truth) | {p for p in predicted if p != INVALID}
+    known = [lb for lb in labels if lb in seen]
+    return known + sorted(seen - set(known))
+
+
+def per_class(
+    truth: Sequence[str], predicted: Sequence[str], classes: Sequence[str]
+) -> list[dict[str, Any]]:
+    """Support, correct, accuracy (= recall), precision, recall and F1 for each class in `classes`."""
+    p, r, f1, support = precision_recall_fscore_support(
+        truth, predicted, labels=list(classes), zero_division=0
+    )
+    out = []
+    for i, label in enumerate(classes):
+        n = int(support[i])
+        correct = sum(1 for t, y in zip(truth, predicted, strict=True) if t == label and y == t)
+        out.append(
+            {
+                "label": label,
+                "support": n,
+                "correct": correct,
+                "accuracy": correct / n if n else None,
+                "precision": float(p[i]),
+                "recall": float(r[i]),
+                "f1": float(f1[i]),
+            }
+        )
+    return out
+
+
+def confusion(
+    truth: Sequence[str], predicted: Sequence[str], classes: Sequence[str]
+) -> dict[str, Any]:
+    """Counts (rows true, columns predicted, both in `classes` order) and invalid answers per row."""
+    m = confusion_matrix(truth, predicted, labels=list(classes))
+    invalid = [
+        sum(1 for t, y in zip(truth, predicted, strict=True) if t == c and y == INVALID)
+        for c in classes
+    ]
+    return {"labels": list(classes), "matrix": m.tolist(), "invalid": invalid}
+
+
+def top_confusions(
+    ids: Sequence[str], truth: Sequence[str], predicted: Sequence[str], top: int = 10
+) -> list[dict[str, Any]]:
+    """The most frequent (true, predicted) mistakes, invalid answers included, with their ids."""
+    pairs: dict[tuple[str, str], list[str]] = {}
+    for i, t, y in zip(ids, truth, predicted, strict=True):
+        if t != y:
+            pairs.setdefault((t, y), []).append(i)
+    ranked = sorted(pairs.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+    return [{"true": t, "predicted": y, "count": len(v), "ids": v} for (t, y), v in ranked[:top]]
+
+
+def top_k(
+    truth: Sequence[str], scores: Sequence[dict[str, float]] | None, classes: Sequence[str]
+) -> dict[str, float] | None:
+    """Top-k accuracy (k = 3, 5) from per-label scores, or None when the arm recorded none."""
+    if not scores or len(classes) < 3:
+        return None
+    matrix = np.array([[s.get(c, 0.0) for c in classes] for s in scores], dtype=float)
+    out = {}
+    for k in (3, 5):
+        if k < len(classes):
+            out[f"top_{k}"] = float(top_k_accuracy_score(truth, matrix, k=k, labels=list(classes)))
+    return out or None
+
+
+def arm_metrics(
+    ids: Sequence[str],
+    truth: Sequence[str],
+    predicted: Sequence[str],
+    labels: Sequence[str],
+    scores: Sequence[dict[str, float]] | None = None,
+) -> dict[str, Any]:
+    """Every figure of one arm over the compared items (`predicted` holds INVALID for non-labels)."""
+    n = len(truth)
+    correct = sum(1 for t, y in zip(truth, predicted, strict=True) if t == y)
+    invalid = sum(1 for y in predicted if y == INVALID)
+    classes = class_order(truth, predicted, labels)
+    rows = per_class(truth, predicted, classes)
+    present = [r for r in rows if r["support"] > 0]
+    lo, hi = accuracy_interval(correct, n)
+    return {
+        "n": n,
+        "correct": correct,
+        "accuracy": correct / n if n else None,
+        "accuracy_ci": [lo, hi],
+        "balanced_accuracy": float(np.mean([r["recall"] for r in present])) if present else None,
+        "macro_f1": float(np.mean([r["f1"] for r in present])) if present else None,
+        "invalid": invalid,
+        "invalid_rate": invalid / n if n else None,
+        "top_k": top_k(truth, scores, classes),
+        "per_class": present,
+        "confusion": confusion(truth, predicted, classes),
+        "top_confusions": top_confusions(ids, truth, predicted),
+    }
+
+
+def mcnemar_exact(base_correct: Sequence[bool], arm_correct: Sequence[bool]) -> dict[str, Any]:
+    """Exact McNemar test: a two-sided binomial test on the discordant pairs."""
+    fixed = sum(1 for b, a in zip(base_correct, arm_correct, strict=True) if a and not b)
+    broken = sum(1 for b, a in zip(base_correct, arm_correct, strict=True) if b and not a)
+    discordant = fixed + broken
+    p = float(binomtest(fixed, discordant, 0.5).pvalue) if discordant else 1.0
+    return {"fixed": fixed, "broken": broken, "discordant": discordant, "p_value": p}
+
+
+def paired_bootstrap(
+    base_correct: Sequence[bool],
+    arm_correct: Sequence[bool],
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+    confidence: float = CONFIDENCE,
+) -> tuple[float, float]:
+    """Percentile interval of the accuracy difference, resampling items (pairs kept together)."""
+    diff = np.asarray(arm_correct, dtype=np.int8) - np.asarray(base_correct, dtype=np.int8)
+    n = len(diff)
+    if n == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples)
+    chunk = max(1, 2_000_000 // n)
+    for start in range(0, resamples, chunk):
+        stop = min(resamples, start + chunk)
+        idx = rng.integers(0, n, size=(stop - start, n))
+        means[start:stop] = diff[idx].mean(axis=1)
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(means, [alpha, 1 - alpha])
+    return (float(lo), float(hi))
+
+
+def compare(
+    ids: Sequence[str],
+    truth: Sequence[str],
+    base_pred: Sequence[str],
+    arm_pred: Sequence[str],
+    seed: int = 0,
+) -> dict[str, Any]:
+    """An arm against the baseline on the same items: delta, its interval, McNemar, per class."""
+    base_ok = [t == y for t, y in zip(truth, base_pred, strict=True)]
+    arm_ok = [t == y for t, y in zip(truth, arm_pred, strict=True)]
+    n = len(ids)
+    delta = (sum(arm_ok) - sum(base_ok)) / n if n else None
+    lo, hi = paired_bootstrap(base_ok, arm_ok, seed=seed)
+    classes: dict[str, list[int]] = {}
+    for i, t in enumerate(truth):
+        classes.setdefault(t, []).append(i)
+    deltas = []
+    for label in sorted(classes):
+        idx = classes[label]
+        b = sum(base_ok[i] for i in idx) / len(idx)
+        a = sum(arm_ok[i] for i in idx) / len(idx)
+        deltas.append(
+            {
+                "label": label,
+                "support": len(idx),
+                "baseline_accuracy": b,
+                "accuracy": a,
+                "delta": a - b,
+                "small_support": len(idx) < SMALL_SUPPORT,
+            }
+        )
+    return {
+        "n": n,
+        "delta_accuracy": delta,
+        "delta_ci": [lo, hi],
+        "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "seed": seed, "method": "percentile"},
+        "mcnemar": mcnemar_exact(base_ok, arm_ok),
+        "fixed_ids": [i for i, b, a in zip(ids, base_ok, arm_ok, strict=True) if a and not b],
+        "broken_ids": [i for i, b, a in zip(ids, base_ok, arm_ok, strict=True) if b and not a],
+        "per_class": deltas,
+        "small_support_classes": sum(1 for d in deltas if d["small_support"]),
+    }
+
+
+__all__ = [
+    "BOOTSTRAP_RESAMPLES",
+    "CONFIDENCE",
+    "INVALID",
+    "SMALL_SUPPORT",
+    "accuracy_interval",
+    "arm_metrics",
+    "compare",
+    "confusion",
+    "mcnemar_exact",
+    "paired_bootstrap",
+    "per_class",
+    "top_confusions",
+    "top_k",
+]

@@ -1,0 +1,252 @@
+"""`report`: compare the arms of a prepared directory and write results.csv, metrics.json, the
+plots, report.md and a self-contained report.html."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from .. import __version__
+from ..cost import ArmUsage, arm_cost, break_even, monthly, volume_grid
+from ..errors import UserError
+from ..metrics import BOOTSTRAP_RESAMPLES, SMALL_SUPPORT, arm_metrics, compare
+from ..pricing import load_pricing
+from .load import Aligned, Arm, align, latency_studies, select_arms
+from .verdict import verdict
+
+log = logging.getLogger(__name__)
+
+ARM_COLUMNS = (
+    "prediction",
+    "correct",
+    "valid",
+    "confidence",
+    "latency_ms",
+    "prompt_tokens",
+    "completion_tokens",
+)
+"""results.csv columns written for each arm, as `<arm>.<column>`."""
+
+
+class ReportOptions(BaseModel):
+    """What a report compares and how it prices it."""
+
+    arms: list[str] | None = None
+    """Arms to compare (default: every arm with predictions under DIR/arms)."""
+    baseline: str | None = None
+    """The arm the others are compared with (default: the first that is not fine-tuned)."""
+    volume: float = Field(10_000, gt=0)
+    """Images a month, for the monthly cost comparison."""
+    months: float = Field(12, gt=0)
+    """Months over which a fine-tuning job's cost is spread."""
+    out: Path | None = None
+    """Output folder (default DIR/report)."""
+    pricing: Path | None = None
+    """A pricing file that extends or overrides the shipped table."""
+    seed: int = 0
+    """Seed of the paired bootstrap."""
+
+
+class ReportResult(BaseModel):
+    out_dir: Path
+    files: list[Path]
+    verdict: list[str]
+
+
+def _num(text: str | None) -> float | None:
+    try:
+        return float(text) if text not in (None, "") else None
+    except ValueError:
+        return None
+
+
+def write_results(path: Path, al: Aligned) -> None:
+    """One row per test item: its label and image, `compared`, then each arm's columns."""
+    compared = set(al.ids)
+    order = [i for i in al.manifest if i in al.arms[0].rows]
+    fields = ["id", "label", "image_path", "compared"]
+    fields += [f"{a.name}.{c}" for a in al.arms for c in ARM_COLUMNS]
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(fields)
+        for i in order:
+            m = al.manifest[i]
+            row: list[Any] = [i, m.label, m.image_path, int(i in compared)]
+            for a in al.arms:
+                r = a.rows[i]
+                valid = r.get("valid") == "1" and bool(r.get("prediction"))
+                correct = valid and a.answered(i) and r["prediction"] == m.label
+                row += [
+                    r.get("prediction", "") if valid else "",
+                    int(correct),
+                    int(valid),
+                    r.get("confidence", ""),
+                    r.get("latency_ms", ""),
+                    r.get("prompt_tokens", ""),
+                    r.get("completion_tokens", ""),
+                ]
+            w.writerow(row)
+
+
+def _latency(values: list[float]) -> dict[str, Any] | None:
+    if not values:
+        return None
+    x = np.asarray(values)
+    p50, p95, p99 = np.percentile(x, [50, 95, 99])
+    return {
+        "n": len(x),
+        "mean": float(x.mean()),
+        "p50": float(p50),
+        "p95": float(p95),
+        "p99": float(p99),
+    }
+
+
+def _arm_block(arm: Arm, al: Aligned) -> dict[str, Any]:
+    ids = al.ids
+    pred = [arm.predicted(i) for i in ids]
+    scores = [arm.scores(i) for i in ids]
+    m = arm_metrics(ids, al.truth, pred, al.labels, None if None in scores else scores)  # type: ignore[arg-type]
+    tokens_in = sum(int(_num(arm.rows[i].get("prompt_tokens")) or 0) for i in ids)
+    tokens_out = sum(int(_num(arm.rows[i].get("completion_tokens")) or 0) for i in ids)
+    lat = [v for i in ids if (v := _num(arm.rows[i].get("latency_ms"))) is not None]
+    ft = arm.meta.get("fine_tune") or {}
+    return {
+        "display": arm.display,
+        "model": arm.model,
+        "mode": arm.mode,
+        "emulated": arm.emulated,
+        "fine_tuned": arm.fine_tuned,
+        "fine_tune": ft or None,
+        "finetune_job": {k: v for k, v in (arm.finetune or {}).items() if k != "_dir"} or None,
+        "settings": arm.meta.get("settings", {}),
+        "errors": sum(1 for r in arm.rows.values() if (r.get("error") or "").strip()),
+        **m,
+        "tokens": {
+            "prompt": tokens_in,
+            "completion": tokens_out,
+            "prompt_per_image": tokens_in / len(ids),
+            "completion_per_image": tokens_out / len(ids),
+        },
+        "latency_ms": _latency(lat) if arm.mode != "batch" else None,
+    }
+
+
+def _usage(arm: Arm, block: dict[str, Any]) -> ArmUsage:
+    ft_meta = arm.meta.get("fine_tune") or {}
+    job = arm.finetune or {}
+    trained = job.get("trained_tokens", ft_meta.get("trained_tokens"))
+    return ArmUsage(
+        name=arm.name,
+        model=arm.model,
+        mode=arm.mode,
+        fine_tuned=arm.fine_tuned,
+        images=block["n"],
+        prompt_tokens=block["tokens"]["prompt"],
+        completion_tokens=block["tokens"]["completion"],
+        accuracy=block["accuracy"],
+        base_model=job.get("base_model") or ft_meta.get("base_model"),
+        trained_tokens=int(trained) if trained is not None else None,
+    )
+
+
+def _cost_section(
+    arms: list[Arm], blocks: dict[str, Any], comparisons: dict[str, Any], opts: ReportOptions
+) -> dict[str, Any]:
+    table = load_pricing(opts.pricing)
+    for arm in arms:
+        blocks[arm.name]["cost"] = arm_cost(_usage(arm, blocks[arm.name]), table)
+    base = arms[0].name
+    priced = [a.name for a in arms if not blocks[a.name]["cost"]["error"]]
+    evens: dict[str, Any] = {}
+    if base in priced:
+        for name in comparisons:
+            if name in priced:
+                be = break_even(
+                    blocks[name]["cost"], blocks[base]["cost"], opts.volume, opts.months
+                )
+                delta = comparisons[name]["delta_accuracy"]
+                extra = be["extra_monthly_usd_at_volume"]
+                be["usd_per_error_avoided"] = (
+                    extra / (delta * opts.volume) if delta and delta > 0 and extra > 0 else None
+                )
+                evens[name] = be
+    points = [be["volume_per_month"] for be in evens.values() if be["volume_per_month"]]
+    grid = volume_grid(opts.volume, points)
+    curves = {n: [monthly(blocks[n]["cost"], v, opts.months) for v in grid] for n in priced}
+    return {
+        "volume_per_month": opts.volume,
+        "months": opts.months,
+        "hours_per_month": 730,
+        "break_even": evens,
+        "curve": {"volumes": grid, "monthly_usd": curves},
+    }
+
+
+def compute(prepared_dir: Path, opts: ReportOptions) -> tuple[dict[str, Any], Aligned]:
+    """Everything metrics.json holds, from the arms on disk."""
+    arms, baseline = select_arms(prepared_dir, opts.arms, opts.baseline)
+    al = align(prepared_dir, arms)
+    if not al.ids:
+        raise UserError(
+            "no test item was answered by every arm: rerun classify with --retry-failed, "
+            "or leave the failing arm out with --arms"
+        )
+    blocks = {a.name: _arm_block(a, al) for a in arms}
+    base_pred = [arms[0].predicted(i) for i in al.ids]
+    comparisons = {
+        a.name: compare(al.ids, al.truth, base_pred, [a.predicted(i) for i in al.ids], opts.seed)
+        for a in arms[1:]
+    }
+    studies = latency_studies(prepared_dir, opts.arms)
+    metrics: dict[str, Any] = {
+        "generated_by": {"vlm_classify": __version__},
+        "dataset": {
+            "dir": str(prepared_dir),
+            "labels": len(al.labels),
+            "total_items": len(arms[0].rows),
+            "compared_items": len(al.ids),
+            "excluded": al.excluded,
+        },
+        "baseline": baseline,
+        "methods": {
+            "accuracy_ci": "Wilson score interval, 95% (scipy.stats.binomtest.proportion_ci)",
+            "delta_ci": f"paired bootstrap over items, {BOOTSTRAP_RESAMPLES} resamples, "
+            f"percentile 95%, seed {opts.seed}",
+            "mcnemar": "exact: two-sided binomial test on the discordant pairs (scipy)",
+            "invalid": "answers that are not a label count as wrong and are reported apart",
+            "small_support": f"per-class figures on fewer than {SMALL_SUPPORT} items are flagged",
+        },
+        "arms": blocks,
+        "comparisons": comparisons,
+        "latency_studies": {
+            s.name: {"model": s.model, "emulated": s.emulated, "levels": s.levels} for s in studies
+        },
+    }
+    metrics["cost"] = _cost_section(arms, blocks, comparisons, opts)
+    metrics["verdict"] = verdict(metrics)
+    return metrics, al
+
+
+def build_report(prepared_dir: Path, opts: ReportOptions | None = None) -> ReportResult:
+    """Compute, plot and render the report; return the files written."""
+    from .render import render
+
+    opts = opts or ReportOptions()
+    prepared_dir = Path(prepared_dir)
+    metrics, al = compute(prepared_dir, opts)
+    out = Path(opts.out) if opts.out else prepared_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    write_results(out / "results.csv", al)
+    (out / "metrics.json").write_text(
+        json.dumps(metrics, indent=2, allow_nan=False) + "\n", encoding="utf-8"
+    )
+    files = [out / "results.csv", out / "metrics.json"]
+    files += render(prepared_dir, out, metrics, al)
+    return ReportResult(out_dir=out, files=files, verdict=metrics["verdict"]["text"])

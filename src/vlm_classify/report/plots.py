@@ -1,0 +1,236 @@
+"""The report's figures (PNG, matplotlib's Agg backend). Each function draws one file; emulated
+arms carry "(emulated)" in their names, so titles and legends say it."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+DPI = 110
+EMULATED_NOTE = " (includes emulated arms)"
+
+
+def _figure(figsize: tuple[float, float], ncols: int = 1) -> tuple[Figure, Any]:
+    """A figure on the Agg canvas (no pyplot: no global state, safe in any thread)."""
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(1, ncols)
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+def accuracy(rows: Sequence[tuple[str, float, float, float]], path: Path, title: str) -> Path:
+    """Bars of accuracy per arm with their 95% intervals: `(label, accuracy, low, high)`."""
+    fig, ax = _figure(figsize=(max(4.0, 1.4 * len(rows) + 2), 3.6))
+    names = [r[0] for r in rows]
+    acc = np.array([r[1] for r in rows]) * 100
+    err = np.array([[r[1] - r[2], r[3] - r[1]] for r in rows]).T * 100
+    bars = ax.bar(names, acc, yerr=err, capsize=6, color="#4c72b0", alpha=0.85)
+    for bar, v in zip(bars, acc, strict=True):
+        x = bar.get_x() + bar.get_width() / 2
+        ax.text(x, v / 2, f"{v:.1f}%", ha="center", va="center", color="white", fontsize=9)
+    ax.set_ylabel("accuracy (%) with 95% CI")
+    ax.set_ylim(0, 105)
+    ax.set_title(title, fontsize=10)
+    ax.tick_params(axis="x", labelsize=8)
+    return _save(fig, path)
+
+
+def class_deltas(deltas: Sequence[dict[str, Any]], path: Path, title: str, top: int = 12) -> Path:
+    """The largest per-class gains and losses against the baseline (light bars: small support)."""
+    ranked = sorted(deltas, key=lambda d: d["delta"])
+    losses = [d for d in ranked if d["delta"] < 0][:top]
+    gains = [d for d in ranked if d["delta"] > 0][-top:]
+    shown = losses + gains
+    fig, ax = _figure(figsize=(7, max(2.5, 0.25 * len(shown) + 1.2)))
+    if not shown:
+        ax.text(0.5, 0.5, "no class changed", ha="center", va="center")
+        ax.set_axis_off()
+    else:
+        y = np.arange(len(shown))
+        colors = ["#c44e52" if d["delta"] < 0 else "#55a868" for d in shown]
+        alphas = [0.45 if d["small_support"] else 0.9 for d in shown]
+        for yi, d, c, a in zip(y, shown, colors, alphas, strict=True):
+            ax.barh(yi, d["delta"] * 100, color=c, alpha=a)
+        ax.set_yticks(y, [f"{d['label']} (n={d['support']})" for d in shown], fontsize=7)
+        ax.axvline(0, color="black", lw=0.8)
+        ax.set_xlabel("accuracy change (pp); pale bars: fewer than 10 test items")
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def confusion(conf: dict[str, Any], path: Path, title: str, top: int = 30) -> Path:
+    """Row-normalised confusion heatmap; with many classes, the `top` most-confused ones."""
+    labels = conf["labels"]
+    m = np.array(conf["matrix"], dtype=float)
+    shown = list(range(len(labels)))
+    note = ""
+    if len(labels) > top:
+        off = m.copy()
+        np.fill_diagonal(off, 0)
+        involvement = off.sum(axis=0) + off.sum(axis=1)
+        shown = sorted(np.argsort(-involvement, kind="stable")[:top].tolist())
+        note = f"\n{top} most-confused of {len(labels)} classes"
+    support = m.sum(axis=1) + np.array(conf["invalid"], dtype=float)
+    norm = m / np.where(support == 0, 1, support)[:, None]
+    sub = norm[np.ix_(shown, shown)]
+    size = min(11.0, max(4.0, 0.28 * len(shown) + 2.5))
+    fig, ax = _figure(figsize=(size + 1.5, size))
+    im = ax.imshow(sub, cmap="Blues", vmin=0, vmax=1)
+    names = [labels[i] for i in shown]
+    font = 8 if len(shown) <= 15 else 6
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=font)
+    ax.set_yticks(range(len(names)), names, fontsize=font)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if len(shown) <= top:
+        counts = m[np.ix_(shown, shown)]
+        for i in range(len(shown)):
+            for j in range(len(shown)):
+                if counts[i, j]:
+                    ax.text(
+                        j,
+                        i,
+                        int(counts[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=font - 1,
+                        color="white" if sub[i, j] > 0.5 else "black",
+                    )
+    cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    cbar.set_label("share of the true class", fontsize=8)
+    ax.set_title(title + note, fontsize=10)
+    return _save(fig, path)
+
+
+def latency_hist(series: dict[str, list[float]], path: Path, title: str) -> Path:
+    fig, ax = _figure(figsize=(7, 3.6))
+    everything = np.concatenate([np.asarray(v) for v in series.values()])
+    bins = np.histogram_bin_edges(everything, bins=min(50, max(10, len(everything) // 20)))
+    for name, values in series.items():
+        ax.hist(values, bins=bins, alpha=0.55, label=f"{name} (n={len(values)})")
+    ax.set_xlabel("latency (ms)")
+    ax.set_ylabel("requests")
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def latency_box(series: dict[str, list[float]], path: Path, title: str) -> Path:
+    fig, ax = _figure(figsize=(max(6.0, 1.3 * len(series) + 2), 3.8))
+    ax.boxplot(list(series.values()), showfliers=True)
+    ax.set_xticks(range(1, len(series) + 1), list(series), fontsize=7, rotation=15)
+    ax.set_ylabel("latency (ms)")
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def cost_curve(
+    volumes: Sequence[float],
+    curves: dict[str, list[float]],
+    marks: Sequence[tuple[str, float]],
+    volume: float,
+    path: Path,
+    title: str,
+) -> Path:
+    """Monthly cost against monthly volume (log-log), break-even points and the chosen volume."""
+    fig, ax = _figure(figsize=(7, 4))
+    for name, costs in curves.items():
+        ax.plot(volumes, [max(c, 1e-6) for c in costs], label=name)
+    for name, v in marks:
+        ax.axvline(v, color="grey", ls=":", lw=1)
+        ax.annotate(
+            f"{name}\nbreaks even at {v:,.0f}/month",
+            (v, ax.get_ylim()[1]),
+            fontsize=7,
+            va="top",
+            ha="left",
+            xytext=(3, -3),
+            textcoords="offset points",
+        )
+    ax.axvline(volume, color="black", ls="--", lw=1, label=f"--volume {volume:,.0f}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("images per month")
+    ax.set_ylabel("USD per month")
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def training(rows: Sequence[dict[str, str]], path: Path, title: str) -> Path:
+    """Loss and accuracy against step from a fine-tuning results file (empty cells skipped)."""
+
+    def series(col: str) -> tuple[list[float], list[float]]:
+        xs, ys = [], []
+        for r in rows:
+            try:
+                x, y = float(r["step"]), float(r.get(col) or "nan")
+            except (TypeError, ValueError):
+                continue
+            if not math.isnan(y):
+                xs.append(x)
+                ys.append(y)
+        return xs, ys
+
+    fig, (ax1, ax2) = _figure(ncols=2, figsize=(9, 3.4))
+    for col, ax in (
+        ("train_loss", ax1),
+        ("valid_loss", ax1),
+        ("train_accuracy", ax2),
+        ("valid_mean_token_accuracy", ax2),
+    ):
+        xs, ys = series(col)
+        if xs:
+            ax.plot(xs, ys, marker="." if len(xs) < 40 else None, label=col)
+    for ax, name in ((ax1, "loss"), (ax2, "accuracy")):
+        ax.set_xlabel("step")
+        ax.set_ylabel(name)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def concurrency(studies: Sequence[Any], path: Path, title: str) -> Path:
+    """Latency studies: latency boxes per concurrency level, and p50/p95 and throughput by level."""
+    fig, (ax1, ax2) = _figure(ncols=2, figsize=(10, 3.8))
+    boxes, names = [], []
+    for st in studies:
+        for level in st.levels:
+            c = level["concurrency"]
+            values = [
+                float(s["latency_ms"])
+                for s in st.samples
+                if s.get("concurrency") == c and s.get("latency_ms") and not s.get("error")
+            ]
+            if values:
+                boxes.append(values)
+                names.append(f"{st.display}\nx{c}")
+        xs = [int(r["concurrency"]) for r in st.levels]
+        for key, style in (("p50_ms", "-o"), ("p95_ms", "--o")):
+            ys = [float(r[key]) if r.get(key) else math.nan for r in st.levels]
+            ax2.plot(xs, ys, style, label=f"{st.display} {key[:3]}")
+    if boxes:
+        ax1.boxplot(boxes, showfliers=False)
+        ax1.set_xticks(range(1, len(names) + 1), names, fontsize=6)
+    ax1.set_ylabel("latency (ms), outliers hidden")
+    levels = sorted({int(r["concurrency"]) for st in studies for r in st.levels})
+    ax2.set_xscale("log", base=2)
+    ax2.set_xticks(levels, [str(c) for c in levels])
+    ax2.minorticks_off()
+    ax2.set_xlabel("concurrent requests")
+    ax2.set_ylabel("latency (ms)")
+    ax2.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
