@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from . import __version__
 from .arms import arm_dir, check_arm_name, write_arm_files
 from .backends.openai import ChatSettings, OpenAIChatBackend, make_client, parse_openai_model
-from .dataset.manifest import Split, read_labels, read_manifest
+from .dataset.manifest import Split, load_split
 from .errors import UserError
 from .finetune import find_fine_tune
 from .openai_wire import AnswerMode, Detail
@@ -83,11 +83,7 @@ def classify(
     prepared_dir = Path(prepared_dir)
     check_arm_name(options.name)
     ref = parse_openai_model(options.model)
-    rows = read_manifest(prepared_dir)
-    labels = read_labels(prepared_dir)
-    items = [r for r in rows if r.split == options.split]
-    if not items:
-        raise UserError(f"the {options.split} split of {prepared_dir} is empty: check --split")
+    items, labels = load_split(prepared_dir, options.split)
     if options.limit:
         items = items[: options.limit]
     client = make_client(ref, timeout=options.runner.request_timeout_s)  # credentials checked first

@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 from . import __version__
 from .arms import arm_dir, check_arm_name
 from .backends.openai import ChatSettings, OpenAIChatBackend, make_client, parse_openai_model
-from .dataset.manifest import ManifestRow, Split, read_labels, read_manifest
+from .dataset.manifest import ManifestRow, Split, load_split
 from .errors import FatalError, ItemError, TransientError, UserError
 from .openai_wire import AnswerMode, Detail
 from .prompts import PromptStyle
@@ -276,11 +276,7 @@ def measure_latency(
     if not options.concurrency or any(c < 1 for c in options.concurrency):
         raise UserError("--concurrency: give positive integers separated by commas, e.g. 1,4,16")
     ref = parse_openai_model(options.model)
-    rows = read_manifest(prepared_dir)
-    labels = read_labels(prepared_dir)
-    items = [r for r in rows if r.split == options.split]
-    if not items:
-        raise UserError(f"the {options.split} split of {prepared_dir} is empty: check --split")
+    items, labels = load_split(prepared_dir, options.split)
     client = make_client(ref, timeout=options.timeout_s)
     settings = ChatSettings(
         prompt=options.prompt, detail=options.detail, answer=options.answer, logprobs=False

@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import TextColumn
 
 from ..classify import ClassifyOptions, classify
 from ..openai_wire import ANSWER_MODES, DETAILS
 from ..prompts import PROMPT_STYLES
 from ..runner import Progress as RunProgress
 from ..runner import RunnerConfig
-from ._console import err_console, out_console
+from ._console import out_console, progress_bar
 
 
 @click.command("classify")
@@ -143,16 +143,7 @@ def classify_cmd(
             ),
         }
     )
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeRemainingColumn(),
-        TextColumn("[red]{task.fields[errors]}"),
-        console=err_console,
-        transient=False,
-    ) as bar:
+    with progress_bar(TextColumn("{task.fields[rate]}")) as bar:
         task = bar.add_task(f"{name} ({mode})", total=None, rate="", errors="")
 
         def on_progress(p: RunProgress) -> None:

@@ -10,12 +10,7 @@ import click
 from rich import box
 from rich.markup import escape
 from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
     TaskID,
-    TextColumn,
-    TimeRemainingColumn,
 )
 from rich.table import Table
 
@@ -29,7 +24,7 @@ from ..latency import (
 )
 from ..openai_wire import DETAILS
 from ..prompts import PROMPT_STYLES
-from ._console import err_console, out_console
+from ._console import out_console, progress_bar
 
 _SHOWN = [
     ("mean_ms", "mean"),
@@ -171,14 +166,7 @@ def latency_cmd(
         detail=detail,  # type: ignore[arg-type]
         timeout_s=timeout_s,
     )
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        TextColumn("[red]{task.fields[errors]}"),
-        console=err_console,
-    ) as bar:
+    with progress_bar() as bar:
         tasks: dict[int, TaskID] = {}
 
         def on_progress(p: LatencyProgress) -> None:

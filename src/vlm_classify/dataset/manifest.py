@@ -84,3 +84,13 @@ def read_labels(prepared_dir: Path) -> list[str]:
     if not path.is_file():
         raise UserError(f"no {LABELS_NAME} in {prepared_dir}: run `vlm-classify prepare` first")
     return [line for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def load_split(prepared_dir: Path, split: str) -> tuple[list[ManifestRow], list[str]]:
+    """The split's rows and the label list; an empty split is one clear error."""
+    rows = [r for r in read_manifest(prepared_dir) if r.split == split]
+    if not rows:
+        raise UserError(
+            f"the {split} split of {prepared_dir} is empty: check --split (or the --split of prepare)"
+        )
+    return rows, read_labels(prepared_dir)
