@@ -33,8 +33,14 @@ format: $(VENV)/.installed
 	$(BIN)/ruff format src tests benchmarks
 	$(BIN)/ruff check --fix src tests benchmarks
 
+# The figures in docs/benchmarks.md (several minutes; the throughput run alone takes ~70 s).
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/bench_prepare.py
+	$(BIN)/python benchmarks/bench_classify_throughput.py
+	$(BIN)/python benchmarks/bench_classify_overhead.py
+	$(BIN)/python benchmarks/bench_classify_faults.py
+	$(BIN)/python benchmarks/bench_classify_kill.py
+	$(BIN)/python benchmarks/bench_classify_secrets.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache .ruff_cache .mypy_cache

@@ -255,13 +255,19 @@ def test_azure_batch(small_prepared: Path, monkeypatch) -> None:
     assert len(rows) == 6 and {x["mode"] for x in rows} == {"batch"}
 
 
-def test_batch_parts_respect_the_limits() -> None:
-    from vlm_classify.batch import plan_parts
+def test_batch_parts_respect_the_limits(tmp_path: Path) -> None:
+    from vlm_classify.batch import write_parts
     from vlm_classify.export import ExportLimits
 
-    lines = [(f"id{i}", b"x" * 10) for i in range(25)]
-    parts = plan_parts(lines, ExportLimits(max_batch_lines=10, max_batch_bytes=1000))
-    assert [len(p) for p in parts] == [10, 10, 5]
-    parts = plan_parts(lines, ExportLimits(max_batch_lines=100, max_batch_bytes=35))
-    assert [len(p) for p in parts] == [3] * 8 + [1]
-    assert [cid for p in parts for cid, _ in p] == [cid for cid, _ in lines]
+    lines = [(f"id{i}", f"line {i:03d}\n".encode()) for i in range(25)]  # 9 bytes each
+    parts = write_parts(lines, tmp_path, ExportLimits(max_batch_lines=10, max_batch_bytes=1000))
+    assert [len(p.ids) for p in parts] == [10, 10, 5]
+    assert [p.path.name for p in parts] == ["part-001.jsonl", "part-002.jsonl", "part-003.jsonl"]
+    parts = write_parts(lines, tmp_path, ExportLimits(max_batch_lines=100, max_batch_bytes=30))
+    assert [len(p.ids) for p in parts] == [3] * 8 + [1]
+    assert [cid for p in parts for cid in p.ids] == [cid for cid, _ in lines]
+    assert b"".join(p.path.read_bytes() for p in parts) == b"".join(line for _, line in lines)
+    assert len(list(tmp_path.glob("part-*.jsonl"))) == 9  # the earlier files were replaced
+    import hashlib
+
+    assert all(p.sha256 == hashlib.sha256(p.path.read_bytes()).hexdigest() for p in parts)

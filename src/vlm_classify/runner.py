@@ -37,7 +37,7 @@ class RunnerConfig(BaseModel):
 
     concurrency: int = Field(8, ge=1, le=1024)
     """Requests in flight at once."""
-    max_attempts: int = Field(6, ge=1)
+    max_attempts: int = Field(10, ge=1)
     """Tries per item, the first included, before it is recorded as an error."""
     initial_backoff_s: float = Field(0.5, ge=0)
     """First retry delay; doubles each retry (with jitter) up to `max_backoff_s`."""

@@ -166,13 +166,14 @@ class ChatSettings:
 
 
 class ImageCache:
-    """Each image's data URL, read and base64-encoded once (retries and re-runs reuse it)."""
+    """Each image's data URL, read and base64-encoded once: retries reuse it, and it is dropped
+    once the item is answered, so memory holds only the items in flight."""
 
     def __init__(self, prepared_dir: Path) -> None:
         self.root = Path(prepared_dir)
         self._urls: dict[str, str] = {}
 
-    def url(self, item: ManifestRow) -> str:
+    def url(self, item: ManifestRow, keep: bool = True) -> str:
         url = self._urls.get(item.id)
         if url is None:
             try:
@@ -181,8 +182,16 @@ class ImageCache:
                 raise UserError(
                     f"cannot read {item.image_path} ({e.strerror}): rerun `vlm-classify prepare`"
                 ) from None
-            url = self._urls[item.id] = image_data_url(data)
+            url = image_data_url(data)
+            if keep:
+                self._urls[item.id] = url
         return url
+
+    def drop(self, item: ManifestRow) -> None:
+        self._urls.pop(item.id, None)
+
+    def __len__(self) -> int:
+        return len(self._urls)
 
 
 class OpenAIChatBackend:
@@ -207,10 +216,12 @@ class OpenAIChatBackend:
         self.emulated = False
         """True once any response carried the emulator's header."""
 
-    def body(self, item: ManifestRow) -> dict[str, Any]:
+    def body(self, item: ManifestRow, keep_image: bool = True) -> dict[str, Any]:
         """The request body for one item (the same for realtime and Batch)."""
         s = self.settings
-        messages = classification_messages(self._system, self.images.url(item), s.detail)
+        messages = classification_messages(
+            self._system, self.images.url(item, keep_image), s.detail
+        )
         return chat_body(
             self.ref.name,
             messages,
@@ -231,10 +242,14 @@ class OpenAIChatBackend:
         latency_ms = (time.perf_counter() - start) * 1000
         if raw.headers.get(EMULATOR_HEADER):
             self.emulated = True
-        completion = raw.parse()
-        return prediction_from_response(
-            completion.model_dump(), self.labels, self.settings.answer, latency_ms
-        )
+        try:  # the JSON as sent: no round trip through the SDK's models
+            prediction = prediction_from_response(
+                raw.http_response.json(), self.labels, self.settings.answer, latency_ms
+            )
+        except ValueError as e:
+            raise TransientError(f"unreadable response: {e}") from None
+        self.images.drop(item)
+        return prediction
 
     async def detect_emulator(self) -> bool:
         """Ask once whether the server is the built-in emulator (its responses carry a header)."""

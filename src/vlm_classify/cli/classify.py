@@ -80,7 +80,7 @@ from ._console import out_console, progress_bar
 )
 @click.option(
     "--max-attempts",
-    default=6,
+    default=10,
     show_default=True,
     type=click.IntRange(1),
     help="Tries per item before it is recorded as an error.",
