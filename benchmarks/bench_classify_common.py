@@ -33,7 +33,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "src" / "vlm_classify" / "data" / "seed-study-latencies.csv"
 """The original study's per_request_latencies.csv, shipped with the package."""
-"""The original study's per-request latencies (600 base, 600 fine-tuned requests)."""
 DEFAULT_WORK = Path(tempfile.gettempdir()) / "vlm-bench-classify"
 SECRET_KEY = "sk-bench-SECRET-123"
 """A distinctive API key: the secret check greps everything the tool wrote for it."""
