@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import random
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
+from dataset_fixtures import rgb_image
 from vlm_classify.dataset.manifest import LABELS_NAME, MANIFEST_NAME, ManifestRow, write_manifest
 
 
@@ -16,19 +15,8 @@ def make_jpeg(
     path: Path, size: tuple[int, int] = (500, 375), seed: int = 0, quality: int = 90
 ) -> Path:
     """Write a small, distinct RGB JPEG (random blocks from `seed`)."""
-    rng = random.Random(seed)
-    img = Image.new("RGB", size, (rng.randrange(256), rng.randrange(256), rng.randrange(256)))
-    for _ in range(8):
-        x0, y0 = rng.randrange(size[0]), rng.randrange(size[1])
-        box = (
-            x0,
-            y0,
-            min(size[0], x0 + rng.randrange(10, 200)),
-            min(size[1], y0 + rng.randrange(10, 200)),
-        )
-        img.paste((rng.randrange(256), rng.randrange(256), rng.randrange(256)), box)
     path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path, "JPEG", quality=quality)
+    rgb_image(size, seed, blocks=8, max_block=200).save(path, "JPEG", quality=quality)
     return path
 
 

@@ -10,17 +10,19 @@ from PIL import Image
 _ORIENTATION = 0x0112
 
 
-def rgb_image(size: tuple[int, int] = (32, 24), seed: int = 0) -> Image.Image:
+def rgb_image(
+    size: tuple[int, int] = (32, 24), seed: int = 0, blocks: int = 4, max_block: int = 20
+) -> Image.Image:
     """A small RGB image with a few random blocks, distinct per seed."""
     rng = random.Random(seed)
     img = Image.new("RGB", size, (rng.randrange(256), rng.randrange(256), rng.randrange(256)))
-    for _ in range(4):
+    for _ in range(blocks):
         x0, y0 = rng.randrange(size[0]), rng.randrange(size[1])
         box = (
             x0,
             y0,
-            min(size[0], x0 + rng.randrange(2, 20)),
-            min(size[1], y0 + rng.randrange(2, 20)),
+            min(size[0], x0 + rng.randrange(2, max_block)),
+            min(size[1], y0 + rng.randrange(2, max_block)),
         )
         img.paste((rng.randrange(256), rng.randrange(256), rng.randrange(256)), box)
     return img
