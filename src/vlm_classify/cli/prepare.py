@@ -180,7 +180,8 @@ def prepare_cmd(
     )
     if source == STANFORD_DOGS and not Path(source).exists():
         err_console.print(
-            "using Stanford Dogs from the download cache (downloaded once, about 790 MB)"
+            "Stanford Dogs: the official archive (about 790 MB) is downloaded into the user cache "
+            "once, then reused"
         )
     with Progress(
         TextColumn("{task.description}"),
