@@ -10,7 +10,8 @@ MODEL=gpt-4o-2024-08-06
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-rm -rf "$OUT"  # a fresh run every time: nothing answered before is reused
+# A fresh run every time (nothing answered before is reused); only the demo's own folders go.
+rm -rf "$OUT/source" "$OUT/prepared" "$OUT/emulator.env" "$OUT/emulator.log"
 
 step "1/9 sample: generate a Stanford-Dogs-shaped tree (offline stand-in for the real dataset)"
 "$CLI" sample "$OUT/source" --classes 12 --per-class 20
