@@ -130,7 +130,9 @@ def test_usage_tokens_and_logprobs(start, small_prepared: Path) -> None:
     body = chat_body(small_prepared, rows[0], labels, logprobs=True, top_logprobs=3)
     resp = c.chat.completions.create(**body)
     text_tokens = tokens.count_chat_tokens(body["messages"])
-    assert resp.usage.prompt_tokens == text_tokens + 85  # one image at detail low
+    schema = tokens.schema_tokens(body["response_format"]["json_schema"]["schema"])
+    assert schema > 10  # structured output: the schema is billed as prompt tokens too
+    assert resp.usage.prompt_tokens == text_tokens + schema + 85  # one image at detail low
     content = resp.choices[0].message.content
     assert resp.usage.completion_tokens == tokens.count_text(content)
     assert resp.usage.total_tokens == resp.usage.prompt_tokens + resp.usage.completion_tokens
@@ -144,7 +146,7 @@ def test_usage_tokens_and_logprobs(start, small_prepared: Path) -> None:
     body_high = chat_body(small_prepared, rows[0], labels)
     body_high["messages"][1]["content"][0]["image_url"]["detail"] = "high"
     high = c.chat.completions.create(**body_high)
-    assert high.usage.prompt_tokens == text_tokens + 255
+    assert high.usage.prompt_tokens == text_tokens + schema + 255
 
 
 def test_unknown_image_gets_a_label_and_is_flagged(

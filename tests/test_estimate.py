@@ -66,9 +66,9 @@ def test_study_training_line(study_dir: Path) -> None:
 
 
 def test_study_batch_line(study_dir: Path) -> None:
-    # With the study's stated settings (detail=low) our Batch figure follows the study's own
-    # arithmetic: 600 x (494 + 85) input tokens x $1.25/1M + 600 x ~6 x $5/1M = $0.452.
-    low = estimate(study_dir, EstimateOptions(model="azure/gpt-4o-2024-08-06"))
+    # With the study's stated settings (detail=low, free-text answers) our Batch figure follows
+    # the study's own arithmetic: 600 x (494 + 85) input x $1.25/1M + 600 x ~6 x $5/1M = $0.452.
+    low = estimate(study_dir, EstimateOptions(model="azure/gpt-4o-2024-08-06", answer="text"))
     assert low.batch is not None and low.batch.requests == 600
     assert low.batch.input_tokens == pytest.approx(600 * (494 + 85), rel=0.03)
     assert low.batch.cost_usd == pytest.approx(0.452, rel=0.05)
@@ -76,21 +76,37 @@ def test_study_batch_line(study_dir: Path) -> None:
     # $1.25/1M is ~747 input tokens a request = 494 + 255, i.e. one high-detail tile per image
     # (Stanford Dogs images are mostly <= 512 px), as if the batch ran with the API default
     # detail=auto. Estimating with auto (counted as high) lands near the recorded figure.
-    auto = estimate(study_dir, EstimateOptions(model="azure/gpt-4o-2024-08-06", detail="auto"))
+    auto = estimate(
+        study_dir, EstimateOptions(model="azure/gpt-4o-2024-08-06", detail="auto", answer="text")
+    )
     assert auto.batch is not None
     assert auto.batch.cost_usd == pytest.approx(0.59, rel=0.10)
     assert auto.batch.input_tokens * 1.25 / 1e6 == pytest.approx(0.56, rel=0.10)
 
 
+def test_structured_output_adds_the_schema_tokens(study_dir: Path) -> None:
+    from vlm_classify.dataset.manifest import read_labels
+    from vlm_classify.estimate import schema_tokens
+
+    text = estimate(study_dir, EstimateOptions(model="azure/gpt-4o-2024-08-06", answer="text"))
+    enum = estimate(study_dir, EstimateOptions(model="azure/gpt-4o-2024-08-06", answer="enum"))
+    per_request = schema_tokens(read_labels(study_dir))
+    assert 500 < per_request < 900  # the enum of 120 breeds as compact JSON
+    assert enum.realtime.input_tokens - text.realtime.input_tokens == 600 * per_request
+    assert enum.finetuned is not None and text.finetuned is not None
+    assert enum.finetuned.input_tokens == text.finetuned.input_tokens  # answers with the label
+    assert any("schema adds about" in a for a in enum.assumptions)
+
+
 def test_study_other_lines(study_dir: Path) -> None:
-    est = estimate(study_dir, EstimateOptions(model="azure/gpt-4o-2024-08-06"))
+    est = estimate(study_dir, EstimateOptions(model="azure/gpt-4o-2024-08-06", answer="text"))
     assert est.batch is not None and est.finetuned is not None
     # realtime is twice the Batch price for the same tokens
     assert est.realtime.cost_usd == pytest.approx(2 * est.batch.cost_usd)
     assert est.realtime.input_tokens == est.batch.input_tokens
-    # Azure fine-tuned inference is priced like the base model; it answers with the bare label
+    # Azure fine-tuned inference is priced like the base model; both answer with the bare label
     assert est.finetuned.input_tokens == est.realtime.input_tokens
-    assert est.finetuned.output_tokens < est.realtime.output_tokens
+    assert est.finetuned.output_tokens == est.realtime.output_tokens
     assert est.hosting.usd_per_hour == 1.7 and est.hosting.usd_per_day == pytest.approx(40.8)
     assert est.price_source.startswith("original study")
 

@@ -88,3 +88,12 @@ def test_parse_enum_answer() -> None:
     assert parse_enum_answer('{"other": 1}', LABELS) is None
     assert parse_enum_answer("", LABELS) is None
     assert parse_enum_answer("Beagle", LABELS) == "Beagle"  # not JSON: parsed as text
+
+
+def test_labels_are_one_line_nfc_and_exact_matches_win() -> None:
+    assert label_from_folder("new\nline") == ("", "new line")
+    assert label_from_folder("  two   spaces_x ") == ("", "two spaces x")
+    decomposed = "Caf" + "e\u0301"  # macOS-style NFD
+    assert label_from_folder(decomposed)[1] == "Caf\u00e9"
+    assert parse_answer("Cat", ["Cat", "cat"]) == "Cat"
+    assert parse_answer("cat", ["Cat", "cat"]) == "cat"

@@ -17,7 +17,7 @@ from . import tokens
 from .dataset.manifest import ManifestRow, read_labels, read_manifest
 from .openai_wire import AnswerMode, Detail, classification_messages, data_url_prefix, finetune_line
 from .pricing import PriceEntry, cost_usd, load_pricing, training_cost_usd
-from .prompts import PromptStyle, system_prompt
+from .prompts import PromptStyle, answer_schema, system_prompt
 
 FINETUNED_ANSWER: AnswerMode = "text"
 """`openai_wire.finetune_line` makes the bare label the assistant target, so the fine-tuned
@@ -137,15 +137,23 @@ def _request(system_text: str, detail: Detail) -> list[dict[str, Any]]:
     return classification_messages(system_text, _IMAGE_URL, detail)
 
 
+def schema_tokens(labels: Sequence[str]) -> int:
+    """Approximate prompt tokens of the label enum's structured-output schema."""
+    return tokens.schema_tokens(answer_schema(list(labels))["schema"])
+
+
 def _inference(
     rows: Sequence[ManifestRow],
     system_text: str,
     options: EstimateOptions,
     entry: PriceEntry,
     answer: AnswerMode,
+    labels: Sequence[str],
 ) -> tuple[int, int]:
     """Input and output tokens of one request per row."""
     prompt = tokens.count_chat_tokens(_request(system_text, options.detail))
+    if answer == "enum":
+        prompt += schema_tokens(labels)
     images = sum(tokens.image_tokens(r.width, r.height, options.detail, entry.vision) for r in rows)
     answers = Counter(r.label for r in rows)
     output = sum(n * tokens.completion_tokens(label, answer) for label, n in answers.items())
@@ -178,11 +186,12 @@ def estimate(prepared_dir: Path, options: EstimateOptions) -> Estimate:
     ]
 
     # Zero-shot base model on the test set: the same tokens realtime or through Batch.
-    zin, zout = _inference(test, base_system, options, entry, options.answer)
+    zin, zout = _inference(test, base_system, options, entry, options.answer, labels)
     if options.answer == "enum":
         assumptions.append(
             'base model answers as structured output {"label":"..."}; the response_format '
-            "schema's own prompt tokens are billed by the API but not counted here"
+            f"schema adds about {schema_tokens(labels)} prompt tokens a request (its compact "
+            "JSON: how the API renders it is not published, so this part is approximate)"
         )
     realtime = LineItem(
         requests=len(test),
@@ -238,7 +247,7 @@ def estimate(prepared_dir: Path, options: EstimateOptions) -> Estimate:
 
     finetuned = None
     if entry.finetuned_input_per_1m is not None and entry.finetuned_output_per_1m is not None:
-        fin, fout = _inference(test, ft_system, options, entry, FINETUNED_ANSWER)
+        fin, fout = _inference(test, ft_system, options, entry, FINETUNED_ANSWER, labels)
         finetuned = LineItem(
             requests=len(test),
             input_tokens=fin,

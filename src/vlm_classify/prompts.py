@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import unicodedata
 from typing import Any, Literal
 
 PromptStyle = Literal["full", "short"]
@@ -24,10 +25,16 @@ def label_from_folder(name: str) -> tuple[str, str]:
     are title-cased as the original study wrote them (`Black-And-Tan Coonhound`). A folder without
     a WordNet prefix keeps its whole name as the label and an empty synset.
     """
+    name = unicodedata.normalize("NFC", name)  # macOS stores names decomposed (NFD)
     synset, sep, rest = name.partition("-")
     if sep and len(synset) == 9 and synset[0] == "n" and synset[1:].isdigit() and rest:
-        return synset, rest.replace("_", " ").title()
-    return "", name.replace("_", " ").strip()
+        return synset, _clean(rest).title()
+    return "", _clean(name)
+
+
+def _clean(text: str) -> str:
+    """Underscores, whitespace and control characters become single spaces (one label, one line)."""
+    return " ".join("".join(" " if c == "_" or not c.isprintable() else c for c in text).split())
 
 
 def system_prompt(labels: list[str], style: PromptStyle = "full") -> str:
@@ -53,8 +60,12 @@ def answer_schema(labels: list[str]) -> dict[str, Any]:
     }
 
 
-def _norm(text: str) -> str:
-    """Lower case, every run of non-alphanumerics a single space: `Shih-Tzu` → `shih tzu`."""
+def normalize_label(text: str) -> str:
+    """Lower case, every run of non-alphanumerics a single space: `Shih-Tzu` → `shih tzu`.
+
+    Two labels with the same normal form cannot be told apart in an answer, so `prepare` refuses
+    them.
+    """
     return " ".join("".join(c if c.isalnum() else " " for c in text.casefold()).split())
 
 
@@ -92,10 +103,13 @@ def parse_answer(text: str | None, labels: list[str]) -> str | None:
     """
     if not text or not text.strip():
         return None
-    answer = _norm(_unwrap(text))
+    unwrapped = _unwrap(text).strip()
+    if unwrapped in labels:  # exact first
+        return unwrapped
+    answer = normalize_label(unwrapped)
     if not answer:
         return None
-    by_norm = {_norm(lb): lb for lb in labels}
+    by_norm = {normalize_label(lb): lb for lb in labels}
     if answer in by_norm:
         return by_norm[answer]
     padded = f" {answer} "

@@ -240,3 +240,12 @@ def _rule_for(model: str) -> VisionRule:
     from .pricing import lookup  # the price table carries the per-model vision constants
 
     return lookup(model).vision
+
+
+def schema_tokens(schema: Mapping[str, Any]) -> int:
+    """Approximate prompt tokens a structured-output JSON schema adds to each request.
+
+    The API bills them but does not publish how it renders the schema into the prompt; its compact
+    JSON is the estimate used everywhere here (the estimate and the emulator's usage agree).
+    """
+    return count_text(json.dumps(schema, separators=(",", ":"), ensure_ascii=False))

@@ -238,6 +238,9 @@ def complete(
         finish_reason = "length"
 
     prompt_text = tokens.count_chat_tokens(messages)
+    rf = body.get("response_format") or {}
+    if rf.get("type") == "json_schema":
+        prompt_text += tokens.schema_tokens((rf.get("json_schema") or {}).get("schema") or {})
     prompt_images = sum(image_token_count(img, route.base) for img in images)
     completion = len(ids)
     n = int(body.get("n") or 1)
