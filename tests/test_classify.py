@@ -271,3 +271,27 @@ def test_batch_parts_respect_the_limits(tmp_path: Path) -> None:
     import hashlib
 
     assert all(p.sha256 == hashlib.sha256(p.path.read_bytes()).hexdigest() for p in parts)
+
+
+def test_exported_batch_lines_are_what_batch_mode_sends(
+    small_prepared: Path, emu: Emulator
+) -> None:
+    from vlm_classify.backends.openai import ChatSettings, OpenAIChatBackend, parse_openai_model
+    from vlm_classify.dataset.manifest import read_labels
+    from vlm_classify.export import ExportOptions, export
+
+    export(small_prepared, ExportOptions(model=f"openai/{MODEL}"))
+    lines = [
+        json.loads(x)
+        for x in (small_prepared / "jsonl" / "test-batch.jsonl").read_text().splitlines()
+    ]
+    backend = OpenAIChatBackend(
+        parse_openai_model(f"openai/{MODEL}"),
+        read_labels(small_prepared),
+        small_prepared,
+        ChatSettings(),
+    )
+    by_id = {r.id: r for r in read_manifest(small_prepared)}
+    assert len(lines) == 6
+    for line in lines:
+        assert line["body"] == backend.body(by_id[line["custom_id"]])

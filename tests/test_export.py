@@ -332,3 +332,13 @@ def test_cli_missing_manifest_is_one_line(
     assert "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
     assert "manifest.csv" in err
+
+
+def test_zero_shot_only_sample_exports_just_the_batch_file(tmp_path: Path) -> None:
+    from conftest import make_prepared_dir
+
+    d = make_prepared_dir(tmp_path / "zs", ["A", "B"], {"test": 3})
+    result = export(d, ExportOptions(model="openai/gpt-4o-2024-08-06"))
+    assert [f.kind for f in result.files] == ["test-batch"]
+    assert any("no train images" in w for w in result.warnings)
+    assert not (d / "jsonl" / "train.jsonl").exists()

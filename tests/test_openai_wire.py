@@ -25,10 +25,7 @@ def test_image_data_url_round_trips() -> None:
     prefix, b64 = url.split(",", 1)
     assert prefix == "data:image/jpeg;base64"
     assert base64.b64decode(b64) == JPEG
-    assert len(url) == w.data_url_length(len(JPEG))
     assert w.image_data_url(b"x", "image/png").startswith("data:image/png;base64,")
-    for n in range(10):
-        assert len(w.image_data_url(b"a" * n)) == w.data_url_length(n)
 
 
 def test_sniff_image_mime() -> None:

@@ -168,17 +168,3 @@ def test_validate_does_not_mutate_the_spec() -> None:
     before = copy.deepcopy(spec.load_spec()["components"]["schemas"][CHAT])
     spec.validate(CHAT, {"model": 1})
     assert spec.load_spec()["components"]["schemas"][CHAT] == before
-
-
-def test_request_schema_name() -> None:
-    assert spec.request_schema_name("/v1/chat/completions") == CHAT
-    assert spec.request_schema_name("/chat/completions", "POST") == CHAT
-    assert spec.request_schema_name("/v1/batches") == "CreateBatchRequest"
-    assert spec.request_schema_name("/v1/fine_tuning/jobs") == "CreateFineTuningJobRequest"
-    assert (
-        spec.request_schema_name("/v1/files", content_type="multipart/form-data")
-        == "CreateFileRequest"
-    )
-    assert spec.request_schema_name("/v1/files") is None
-    assert spec.request_schema_name("/v1/nowhere") is None
-    assert spec.request_schema_name("/v1/chat/completions", "get") is None

@@ -67,8 +67,8 @@ class ExportOptions(BaseModel):
     """`max_completion_tokens` of each Batch request; default 50 for `enum`, 20 for `text`."""
     temperature: float = Field(default=0.0, ge=0, le=2)
     """Sampling temperature of each Batch request."""
-    logprobs: bool = False
-    """Ask the Batch requests for token log probabilities (a confidence signal)."""
+    logprobs: bool = True
+    """Ask the Batch requests for token log probabilities (a confidence signal), as `classify` does."""
 
 
 class ExportLimits(BaseModel):
@@ -306,6 +306,12 @@ def _plan_finetune(
     writer: _Writer, kind: FileKind, items: list[_Item], limits: ExportLimits, warnings: list[str]
 ) -> _Plan | None:
     name = f"{kind}.jsonl"
+    if kind == "train" and not items:
+        warnings.append(
+            f"no train images: {name} not written (zero-shot only; fine-tuning needs at least "
+            f"{limits.min_train_examples})"
+        )
+        return None
     if kind == "train" and len(items) < limits.min_train_examples:
         raise UserError(
             f"{len(items)} training images: fine-tuning needs at least {limits.min_train_examples}; "

@@ -218,7 +218,7 @@ async def _create(
     files = {f.kind: f for f in exported.files if f.kind in ("train", "val")}
     if "train" not in files:
         raise UserError(
-            "no training file was written: the train split is empty (see `vlm-classify prepare --split`)"
+            "the train split is empty: fine-tuning needs at least 10 training images (see `vlm-classify prepare --split`)"
         )
     key = _input_key(options, base_name, [(k, f.sha256.encode()) for k, f in sorted(files.items())])
     metadata = {"vlm_classify_arm": options.name[:64], "vlm_classify_input": key}

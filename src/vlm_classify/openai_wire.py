@@ -50,11 +50,6 @@ def data_url_prefix(mime: str = "image/jpeg") -> str:
     return f"data:{mime};base64,"
 
 
-def data_url_length(n_bytes: int, mime: str = "image/jpeg") -> int:
-    """The length of `image_data_url` for an image of `n_bytes`, without encoding it."""
-    return len(data_url_prefix(mime)) + 4 * ((n_bytes + 2) // 3)
-
-
 def image_data_url(image_bytes: bytes, mime: str = "image/jpeg") -> str:
     """An image as a base64 `data:` URL, the form the API takes inline."""
     return data_url_prefix(mime) + base64.b64encode(image_bytes).decode("ascii")

@@ -112,11 +112,6 @@ def _registry() -> Registry:
     return Registry().with_resource(SPEC_URI, resource)
 
 
-def schema_names() -> list[str]:
-    """Every name under `components/schemas`."""
-    return sorted(load_spec()["components"]["schemas"])
-
-
 @functools.cache
 def validator(schema_name: str) -> Draft202012Validator:
     """A cached 2020-12 validator for `#/components/schemas/<schema_name>` (KeyError if unknown)."""
@@ -124,25 +119,6 @@ def validator(schema_name: str) -> Draft202012Validator:
         raise KeyError(f"no schema {schema_name!r} in {SPEC_FILE}")
     ref = {"$ref": f"{SPEC_URI}#/components/schemas/{schema_name}"}
     return Draft202012Validator(ref, registry=_registry())
-
-
-def request_schema_name(
-    path: str, method: str = "post", content_type: str = "application/json"
-) -> str | None:
-    """The component schema of an operation's request body, or None when the spec has none.
-
-    `("/v1/chat/completions", "post")` gives `CreateChatCompletionRequest`; the `/v1` prefix is
-    optional (the spec's server URL holds it).
-    """
-    if path.startswith("/v1/"):
-        path = path[3:]
-    operation = load_spec()["paths"].get(path, {}).get(method.lower())
-    if not isinstance(operation, dict):
-        return None
-    content = operation.get("requestBody", {}).get("content", {}).get(content_type, {})
-    ref = content.get("schema", {}).get("$ref", "")
-    prefix = "#/components/schemas/"
-    return ref[len(prefix) :] if ref.startswith(prefix) else None
 
 
 def validate(schema_name: str, instance: Any) -> list[str]:
