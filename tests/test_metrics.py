@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from vlm_classify.cost import break_even
+from vlm_classify.cost import ArmUsage, arm_cost, break_even, volume_grid
 from vlm_classify.metrics import (
     INVALID,
     accuracy_interval,
@@ -14,8 +14,12 @@ from vlm_classify.metrics import (
     compare,
     mcnemar_exact,
     paired_bootstrap,
+    paired_exact_interval,
     per_class,
+    top_k,
 )
+from vlm_classify.pricing import load_pricing
+from vlm_classify.report.plots import confusion_cells
 
 
 def test_wilson_interval_matches_the_formula() -> None:
@@ -57,6 +61,8 @@ def test_per_class_names_stay_with_their_numbers() -> None:
     rows = {r["label"]: r for r in per_class(truth, pred, ["A", "B", "C"])}
     assert rows["A"]["precision"] == pytest.approx(2 / 3) and rows["A"]["recall"] == 1.0
     assert rows["B"]["recall"] == 0.0 and rows["B"]["support"] == 1
+    # Never predicted: precision is undefined (None), not 0; F1 = 2TP / (2TP + FP + FN) = 0.
+    assert rows["B"]["precision"] is None and rows["B"]["f1"] == 0.0
     assert rows["C"]["precision"] == 1.0 and rows["C"]["recall"] == pytest.approx(2 / 3)
     assert rows["C"]["accuracy"] == pytest.approx(2 / 3) and rows["C"]["correct"] == 2
 
@@ -105,3 +111,115 @@ def test_break_even_by_hand() -> None:
     # Cheaper fixed but dearer per image: only below the crossing.
     be = break_even(_cost(0.001), _cost(0.0005, hosting=1.0), 10_000, 12)
     assert be["kind"] == "below" and be["volume_per_month"] == pytest.approx(730 / 0.0005)
+
+
+def test_exact_delta_interval_agrees_with_mcnemar() -> None:
+    # The reviewer's case: 5 fixed, 0 broken of 60. McNemar p = 2 / 2^5 = 0.0625, so the
+    # interval must include 0; the percentile bootstrap (+1.7 to +15 pp) did not.
+    base = [False] * 5 + [True] * 30 + [False] * 25
+    arm = [True] * 5 + [True] * 30 + [False] * 25
+    c = compare([str(i) for i in range(60)], ["A"] * 60, _answers(base), _answers(arm))
+    assert c["mcnemar"]["p_value"] == pytest.approx(0.0625)
+    lo, hi = c["delta_ci"]
+    assert c["delta_ci_method"] == "exact"
+    assert lo < 0 < hi and hi == pytest.approx(5 / 60)  # all discordant fixed: θ's top is 1
+    assert c["delta_ci_bootstrap"][0] > 0  # the bootstrap alone would call it real
+    # Clopper-Pearson for 5 of 5 by hand: the lower end is 0.025^(1/5).
+    assert lo == pytest.approx((2 * 0.025 ** (1 / 5) - 1) * 5 / 60)
+    # Over many tables: the interval leaves out 0 exactly when p < 0.05.
+    for fixed in range(0, 16):
+        for broken in range(0, 16):
+            lo, hi = paired_exact_interval(fixed, broken, 60)
+            p = mcnemar_exact([False] * fixed + [True] * broken, [True] * fixed + [False] * broken)[
+                "p_value"
+            ]
+            assert lo <= (fixed - broken) / 60 <= hi
+            assert (lo > 0 or hi < 0) == (p < 0.05), (fixed, broken, lo, hi, p)
+
+
+def _answers(ok: list[bool]) -> list[str]:
+    return ["A" if x else "B" for x in ok]
+
+
+def test_top_k_ranks_every_label_not_only_the_classes_seen() -> None:
+    labels = ["A", "B", "C", "D", "E", "F"]
+    truth = ["A", "B", "C", "D"]
+    # A ranks 2nd among the classes seen (A..D) but 4th among all labels: not in the top 3.
+    scores = [
+        {"E": 0.9, "F": 0.8, "D": 0.7, "A": 0.6, "B": 0.1, "C": 0.1},
+        {"B": 0.9},
+        {"C": 0.9},
+        {"D": 0.9},
+    ]
+    assert top_k(truth, scores, labels) == {"top_3": 0.75, "top_5": 1.0}
+    m = arm_metrics(["1", "2", "3", "4"], truth, ["D", "B", "C", "D"], labels, scores)
+    assert m["top_k"] == {"top_3": 0.75, "top_5": 1.0}
+
+
+def test_the_confusion_heatmap_has_an_invalid_column_when_needed() -> None:
+    m = arm_metrics(
+        ["1", "2", "3", "4"], ["A", "A", "B", "B"], ["A", INVALID, "B", "A"], ["A", "B"]
+    )
+    rows, columns, counts, shares, _ = confusion_cells(m["confusion"])
+    assert rows == ["A", "B"] and columns == ["A", "B", INVALID]
+    assert counts.tolist() == [[1, 0, 1], [1, 1, 0]]
+    assert shares.sum(axis=1).tolist() == [1.0, 1.0]
+    clean = arm_metrics(["1", "2"], ["A", "B"], ["A", "A"], ["A", "B"])
+    assert confusion_cells(clean["confusion"])[1] == ["A", "B"]
+
+
+def test_break_even_flags_unknown_training_and_absurd_volumes() -> None:
+    zero_shot = _cost(0.00078)
+    unknown = _cost(0.00054, training=None)  # type: ignore[arg-type]
+    be = break_even(unknown | {"hosting_per_hour": 0.1}, zero_shot, 10_000, 12)
+    assert be["training_unknown"] is True
+    assert not break_even(_cost(0.00054, 120), zero_shot, 10_000, 12)["training_unknown"]
+    # $1,241 a month of hosting saved back at 0.00024 an image: ~5.2 million, 517x the volume.
+    be = break_even(_cost(0.00054, hosting=1.7), zero_shot, 10_000, 12)
+    assert be["kind"] == "above" and be["far_beyond_volume"] is True
+    assert be["times_volume"] == pytest.approx(1.7 * 730 / 0.00024 / 10_000)
+    assert not break_even(_cost(0.00054, 120), zero_shot, 10_000, 12)["far_beyond_volume"]
+
+
+def test_the_cost_curve_range_follows_volume_and_reasonable_break_evens() -> None:
+    grid = volume_grid(10_000, [1.86e9])  # far beyond: not stretched to it
+    assert grid[0] == pytest.approx(100) and grid[-1] == pytest.approx(100_000)
+    grid = volume_grid(10_000, [50_000])  # near: 3x past it, so its label fits
+    assert grid[-1] == pytest.approx(150_000)
+
+
+def _usage(**kw: object) -> ArmUsage:
+    base = dict(
+        name="a",
+        model="openai/gpt-4o-2024-08-06",
+        mode="batch",
+        fine_tuned=False,
+        images=10,
+        prompt_tokens=6000,
+        completion_tokens=60,
+        accuracy=0.5,
+    )
+    return ArmUsage(**(base | kw))  # type: ignore[arg-type]
+
+
+def test_every_arm_is_priced_in_the_chosen_serving_mode() -> None:
+    table = load_pricing()
+    zs = _usage()  # evaluated through the Batch API
+    real, batch = arm_cost(zs, table), arm_cost(zs, table, "batch")
+    assert real["serving_mode"] == "realtime" and real["evaluated_mode"] == "batch"
+    assert real["per_image"] * 1000 == pytest.approx(real["per_1000_realtime"])
+    assert batch["serving_mode"] == "batch"
+    assert batch["per_image"] * 1000 == pytest.approx(batch["per_1000_batch"])
+    # An Azure fine-tuned deployment cannot be served in batch: realtime, with a note.
+    ft = _usage(
+        model="azure/my-dogs",
+        mode="realtime",
+        fine_tuned=True,
+        base_model="azure/gpt-4o-2024-08-06",
+        trained_tokens=None,
+    )
+    got = arm_cost(ft, table, "batch")
+    assert got["serving_mode"] == "realtime" and got["price_mode"] == "finetuned"
+    assert any("Batch API does not take fine-tuned" in n for n in got["notes"])
+    assert got["training_usd"] is None and not got["training_known"]
+    assert any("training cost unknown" in n for n in got["notes"])

@@ -24,7 +24,7 @@ from report_support import (
 )
 from vlm_classify.errors import UserError
 from vlm_classify.pricing import lookup
-from vlm_classify.report import ReportOptions, build_report
+from vlm_classify.report import ReportOptions, build_report, compute
 
 LABELS = ["Beagle", "Chihuahua", "Golden Retriever", "Pug"]
 TRAINED = 1_200_000
@@ -90,11 +90,11 @@ def check_against_results(out: Path, arms: list[str], baseline: str) -> dict[str
             tp = sum(r["label"] == lb and r[f"{arm}.prediction"] == lb for r in rows)
             support = sum(r["label"] == lb for r in rows)
             predicted = sum(r[f"{arm}.prediction"] == lb for r in rows)
-            precision = tp / predicted if predicted else 0.0
+            precision = tp / predicted if predicted else None  # never predicted: undefined
             recall = tp / support
-            f1 = 2 * precision * recall / (precision + recall) if tp else 0.0
+            f1 = 2 * tp / (support + predicted)
             assert pc["support"] == support and pc["correct"] == tp
-            assert pc["precision"] == pytest.approx(precision)
+            assert pc["precision"] == (None if precision is None else pytest.approx(precision))
             assert pc["recall"] == pytest.approx(recall) == pytest.approx(pc["accuracy"])
             assert pc["f1"] == pytest.approx(f1)
             recalls.append(recall)
@@ -107,6 +107,10 @@ def check_against_results(out: Path, arms: list[str], baseline: str) -> dict[str
             for j, p in enumerate(conf["labels"]):
                 cell = sum(r["label"] == t and r[f"{arm}.prediction"] == p for r in rows)
                 assert conf["matrix"][i][j] == cell
+            invalid = sum(r["label"] == t and r[f"{arm}.valid"] == "0" for r in rows)
+            assert conf["invalid"][i] == invalid
+        # Every valid prediction is one of the labels: no phantom class.
+        assert {r[f"{arm}.prediction"] for r in rows} <= set(conf["labels"]) | {""}
         if a["latency_ms"]:
             ms = [float(r[f"{arm}.latency_ms"]) for r in rows]
             assert a["latency_ms"]["mean"] == pytest.approx(sum(ms) / len(ms))
@@ -124,6 +128,8 @@ def check_against_results(out: Path, arms: list[str], baseline: str) -> dict[str
         assert lo <= c["delta_accuracy"] <= hi
         p = _binom_two_sided(len(fixed), len(fixed) + len(broken))
         assert c["mcnemar"]["p_value"] == pytest.approx(p, rel=1e-9)
+        # The exact interval and the exact test tell the same story.
+        assert (lo > 0 or hi < 0) == (p < 0.05)
     return m
 
 
@@ -149,31 +155,53 @@ def test_metrics_match_an_independent_recomputation(two_arms: Path) -> None:
         assert (out / "plots" / name).stat().st_size > 1000
 
 
-def test_cost_and_break_even_by_hand(two_arms: Path) -> None:
-    out = build_report(two_arms, ReportOptions(volume=20_000, months=6)).out_dir
+@pytest.mark.parametrize("serving", ["realtime", "batch"])
+def test_cost_and_break_even_by_hand(two_arms: Path, serving: str) -> None:
+    opts = ReportOptions(volume=20_000, months=6, serving=serving)  # type: ignore[arg-type]
+    out = build_report(two_arms, opts).out_dir
     m = json.loads((out / "metrics.json").read_text())
     price = lookup(BASE_MODEL)  # prices are data: read them, never restate them
     zs, ft = m["arms"]["zero-shot"]["cost"], m["arms"]["fine-tuned"]["cost"]
     zs_batch = (600 * price.batch_input_per_1m + 6 * price.batch_output_per_1m) / 1e6
     zs_real = (600 * price.input_per_1m + 6 * price.output_per_1m) / 1e6
     ft_real = (150 * price.finetuned_input_per_1m + 5 * price.finetuned_output_per_1m) / 1e6
-    assert zs["serving_mode"] == "batch" and ft["serving_mode"] == "finetuned"
+    # The zero-shot arm was evaluated through the Batch API; it is priced as --serving says.
+    zs_used = zs_batch if serving == "batch" else zs_real
+    assert m["cost"]["serving"] == serving and zs["evaluated_mode"] == "batch"
+    assert zs["serving_mode"] == serving and zs["per_image"] == pytest.approx(zs_used)
+    # The fine-tuned model has no Batch price: realtime at its fine-tuned prices either way.
+    assert ft["serving_mode"] == "realtime" and ft["price_mode"] == "finetuned"
+    assert any("no Batch price for fine-tuned" in n for n in ft["notes"]) == (serving == "batch")
     assert zs["per_1000_batch"] == pytest.approx(zs_batch * 1000)
     assert zs["per_1000_realtime"] == pytest.approx(zs_real * 1000)
     assert ft["per_1000_realtime"] == pytest.approx(ft_real * 1000)
-    assert ft["training_usd"] == pytest.approx(TRAINED * price.training_per_1m / 1e6)
-    assert zs["per_correct"] == pytest.approx(zs_batch / m["arms"]["zero-shot"]["accuracy"])
+    training = TRAINED * price.training_per_1m / 1e6
+    assert ft["training_usd"] == pytest.approx(training)
+    assert zs["per_correct"] == pytest.approx(zs_used / m["arms"]["zero-shot"]["accuracy"])
+    fixed = training / 6 + price.hosting_per_hour * 730
+    ft_acc = m["arms"]["fine-tuned"]["accuracy"]
+    assert ft["per_correct_at_volume"] == pytest.approx(
+        (fixed + 20_000 * ft_real) / (20_000 * ft_acc)
+    )
     be = m["cost"]["break_even"]["fine-tuned"]
-    fixed = TRAINED * price.training_per_1m / 1e6 / 6 + price.hosting_per_hour * 730
     assert be["fixed_monthly_usd"] == pytest.approx(fixed)
-    assert be["kind"] == "above"
-    assert be["volume_per_month"] == pytest.approx(fixed / (zs_batch - ft_real))
-    assert be["extra_monthly_usd_at_volume"] == pytest.approx(fixed + 20_000 * (ft_real - zs_batch))
+    assert be["kind"] == "above" and not be["training_unknown"]
+    assert be["volume_per_month"] == pytest.approx(fixed / (zs_used - ft_real))
+    assert be["extra_monthly_usd_at_volume"] == pytest.approx(fixed + 20_000 * (ft_real - zs_used))
     text = " ".join(m["verdict"]["text"])
     assert f"pays for itself above {be['volume_per_month']:,.0f} images a month" in text
-    assert "At 20,000 images a month" in text and "fine-tuned (emulated)" in text
+    served = "Served realtime" if serving == "realtime" else "Served through the Batch API"
+    assert f"{served}, at 20,000 images a month" in text and "fine-tuned (emulated)" in text
+    assert ("cannot be served through the Batch API" in text) == (serving == "batch")
     delta = m["comparisons"]["fine-tuned"]["delta_accuracy"]
     assert f"Fine-tuning gains {delta * 100:+.1f} pp" in text
+    sources = m["verdict"]["sources"]
+    assert sources["fine-tuned.baseline_accuracy"] == "arms.zero-shot.accuracy"
+    assert sources["fine-tuned.fixed"] == "comparisons.fine-tuned.mcnemar.fixed"
+    assert sources["fine-tuned.broken"] == "comparisons.fine-tuned.mcnemar.broken"
+    md = (out / "report.md").read_text()
+    assert "per correct prediction (tokens only)" in md
+    assert "per correct prediction at 20,000/month (all costs)" in md
 
 
 def test_report_md_marks_emulated_numbers(two_arms: Path) -> None:
@@ -336,3 +364,163 @@ def test_the_browser_check_sees_a_broken_page(tmp_path: Path) -> None:
     assert [img["loaded"] for img in seen.images] == [False, False]
     assert any("boom" in e for e in seen.console_errors)
     assert any("127.0.0.1:9" in r for r in seen.requests)
+
+
+def _zero_shot_answer(i: int, label: str, labels: list[str]) -> str | None:
+    """The two_arms fixture's zero-shot answers (invalid 1 in 11, wrong 1 in 4)."""
+    return None if i % 11 == 0 else wrong(label, labels) if i % 4 == 0 else label
+
+
+def test_few_discordant_items_are_called_possibly_chance(two_arms: Path) -> None:
+    # Fixes 5 of the baseline's mistakes and breaks none: McNemar p = 2 / 2^5 = 0.0625.
+    fixed_items = {0, 4, 8, 11, 12}
+    write_arm(
+        two_arms,
+        "tweak",
+        lambda i, label, labels: label if i in fixed_items else _zero_shot_answer(i, label, labels),
+        mode="batch",
+    )
+    m, _ = compute(two_arms, ReportOptions(arms=["zero-shot", "tweak"]))
+    c = m["comparisons"]["tweak"]
+    assert (c["mcnemar"]["fixed"], c["mcnemar"]["broken"]) == (5, 0)
+    assert c["mcnemar"]["p_value"] == pytest.approx(0.0625)
+    assert c["delta_ci_bootstrap"][0] > 0  # the bootstrap alone would call it real
+    assert c["delta_ci"][0] < 0 < c["delta_ci"][1]
+    text = " ".join(m["verdict"]["text"])
+    assert "tweak gains +17.9 pp accuracy against zero-shot" in text  # not "Fine-tuning"
+    assert "may be chance" in text and "McNemar p is 0.062" in text
+    assert "delta_ci_bootstrap" in m["methods"] and "exact" in m["methods"]["delta_ci"]
+
+
+def test_a_losing_arm_loses_a_positive_number_of_points(two_arms: Path) -> None:
+    write_arm(two_arms, "worse", lambda i, label, labels: wrong(label, labels))
+    m, _ = compute(two_arms, ReportOptions(arms=["zero-shot", "worse"]))
+    text = " ".join(m["verdict"]["text"])
+    d = m["comparisons"]["worse"]["delta_accuracy"]
+    assert f"worse loses {abs(d) * 100:.1f} pp accuracy against zero-shot" in text
+    assert "loses -" not in text and "Fine-tuning" not in text
+
+
+def test_unknown_training_cost_is_flagged_not_zero(two_arms: Path) -> None:
+    # A fine-tune with no trained_tokens anywhere: training unknown, said and shown.
+    arm_json = two_arms / "arms" / "fine-tuned" / "arm.json"
+    doc = json.loads(arm_json.read_text())
+    doc["fine_tune"]["trained_tokens"] = None
+    arm_json.write_text(json.dumps(doc))
+    job = two_arms / "arms" / "ft-job" / "finetune.json"
+    job_doc = json.loads(job.read_text())
+    job.write_text(json.dumps(job_doc | {"trained_tokens": None}))
+    out = build_report(two_arms, ReportOptions()).out_dir
+    m = json.loads((out / "metrics.json").read_text())
+    ft = m["arms"]["fine-tuned"]["cost"]
+    assert ft["training_usd"] is None and ft["training_known"] is False
+    assert m["cost"]["break_even"]["fine-tuned"]["training_unknown"] is True
+    text = " ".join(m["verdict"]["text"])
+    assert "training cost of fine-tuned (emulated) is unknown" in text
+    for name in ("report.md", "report.html"):
+        page = (out / name).read_text()
+        assert "training cost unknown: no trained_tokens recorded" in page, name
+        assert "training cost unknown, left out" in page
+    # finetune.json's null falls back to arm.json's record when that one has the count.
+    doc["fine_tune"]["trained_tokens"] = TRAINED
+    arm_json.write_text(json.dumps(doc))
+    m, _ = compute(two_arms, ReportOptions())
+    price = lookup(BASE_MODEL)
+    assert m["arms"]["fine-tuned"]["cost"]["training_usd"] == pytest.approx(
+        TRAINED * price.training_per_1m / 1e6
+    )
+
+
+def test_a_far_away_break_even_is_called_in_practice_never(two_arms: Path, tmp_path: Path) -> None:
+    # Hosting at $1.70/h makes the fine-tune pay for itself only at millions of images a month.
+    pricing = tmp_path / "pricing.json"
+    pricing.write_text(json.dumps({"models": {BASE_MODEL: {"hosting_per_hour": 1.7}}}))
+    out = build_report(two_arms, ReportOptions(volume=1000, pricing=pricing)).out_dir
+    m = json.loads((out / "metrics.json").read_text())
+    be = m["cost"]["break_even"]["fine-tuned"]
+    assert be["kind"] == "above" and be["far_beyond_volume"] is True
+    assert be["times_volume"] == pytest.approx(be["volume_per_month"] / 1000)
+    text = " ".join(m["verdict"]["text"])
+    assert "it pays for itself only above ~1.3 million images a month, 1,350× your volume" in text
+    assert "in practice never" in text
+    # The cost curve stops at 10x the volume rather than stretching to 100x the break-even.
+    assert m["cost"]["curve"]["volumes"][-1] == pytest.approx(10_000)
+
+
+def test_usd_per_error_avoided_comes_from_the_break_even_record(two_arms: Path) -> None:
+    from vlm_classify.report.verdict import verdict
+
+    pricing = two_arms / "pricing.json"  # dear fine-tuned tokens: never cheaper
+    pricing.write_text(json.dumps({"models": {BASE_MODEL: {"finetuned_input_per_1m": 50.0}}}))
+    m, _ = compute(two_arms, ReportOptions(pricing=pricing))
+    be = m["cost"]["break_even"]["fine-tuned"]
+    assert be["kind"] == "never" and be["usd_per_error_avoided"] > 0
+    be["usd_per_error_avoided"] = 123.0
+    text = " ".join(verdict(m)["text"])
+    assert "worth more than $123.00 to you" in text
+    assert verdict(m)["sources"]["fine-tuned.usd_per_error_avoided"] == (
+        "cost.break_even.fine-tuned.usd_per_error_avoided"
+    )
+
+
+def test_invalid_answers_get_a_sentence_and_a_heatmap_column(two_arms: Path) -> None:
+    out = build_report(two_arms, ReportOptions()).out_dir
+    m = json.loads((out / "metrics.json").read_text())
+    zs = m["arms"]["zero-shot"]
+    assert zs["invalid"] == 3 and zs["invalid_rate"] >= 0.05
+    text = " ".join(m["verdict"]["text"])
+    assert "zero-shot: 11.1% of its answers (3 of 27) were not one of the labels" in text
+    assert text.count("were not one of the labels") == 1  # the fine-tune has none
+    md = (out / "report.md").read_text()
+    assert "the last column counts answers that were not a label" in md
+    assert "(1 items)" not in md
+
+
+def test_a_valid_marked_answer_outside_the_labels_is_invalid(two_arms: Path) -> None:
+    def answer(i: int, label: str, labels: list[str]) -> str | None:
+        return "Poodle" if i == 1 else label
+
+    write_arm(two_arms, "odd", answer)  # write_arm marks every non-None answer valid
+    out = build_report(two_arms, ReportOptions(arms=["zero-shot", "odd"])).out_dir
+    m = check_against_results(out, ["zero-shot", "odd"], "zero-shot")
+    odd = m["arms"]["odd"]
+    assert odd["invalid"] == 1 and "Poodle" not in odd["confusion"]["labels"]
+    assert odd["top_confusions"][0]["predicted"] == "(invalid)"
+    row = _results(out / "results.csv")[1]
+    assert (row["odd.valid"], row["odd.prediction"]) == ("0", "")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--volume", "nan"],
+        ["--volume", "inf"],
+        ["--volume", "1e300"],
+        ["--months", "inf"],
+        ["--months", "1e-300"],
+        ["--months", "0.5"],
+        ["--seed", "-1"],
+    ],
+)
+def test_bad_numbers_are_refused_in_one_line(two_arms: Path, capsys, args: list[str]) -> None:
+    out = two_arms / "r"
+    code, _, err = run_cli(["report", str(two_arms), "--out", str(out), *args], capsys)
+    assert code == 2, err
+    assert args[0] in err and "internal error" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_nothing_is_written_when_the_report_fails(two_arms: Path, monkeypatch) -> None:
+    import vlm_classify.report.render as render
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(render, "render", broken)
+    with pytest.raises(RuntimeError, match="boom"):
+        build_report(two_arms, ReportOptions())
+    assert not (two_arms / "report").exists()
+    with pytest.raises(ValueError):  # and the library refuses what the CLI refuses
+        ReportOptions(volume=float("nan"))
+    with pytest.raises(ValueError):
+        ReportOptions(months=0.5)

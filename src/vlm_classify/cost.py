@@ -2,13 +2,15 @@
 
 Prices come from `pricing.py` (data, never constants here). A fine-tuned arm pays its training
 job once (amortised over `months`), hosting every hour its deployment exists (730 h a month) and
-its own per-token price; a zero-shot arm pays per token only.
+its own per-token price; a zero-shot arm pays per token only. Every arm is priced in the same
+serving mode (realtime or batch), whatever mode it was evaluated in: how it was run for the test
+says nothing about how it would be served.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -16,6 +18,11 @@ from .errors import UserError
 from .pricing import CostMode, PriceEntry, PriceTable, cost_usd, training_cost_usd
 
 HOURS_PER_MONTH = 730.0
+FAR_BEYOND = 100.0
+"""A break-even volume above this multiple of the monthly volume means "in practice never"."""
+
+ServingMode = Literal["realtime", "batch"]
+SERVING_MODES: tuple[ServingMode, ...] = ("realtime", "batch")
 
 
 @dataclass
@@ -48,8 +55,22 @@ def _entry(usage: ArmUsage, table: PriceTable) -> PriceEntry:
         raise
 
 
-def arm_cost(usage: ArmUsage, table: PriceTable) -> dict[str, Any]:
-    """Per-arm cost figures (USD). A missing price becomes `error`, not a failed report."""
+def _batch_fallback(usage: ArmUsage, entry: PriceEntry) -> str:
+    """Why an arm cannot be priced as served through the Batch API."""
+    if usage.fine_tuned and usage.model.startswith("azure/"):
+        return (
+            "Azure's Batch API does not take fine-tuned deployments: priced realtime (with hosting)"
+        )
+    if usage.fine_tuned:
+        return "the price table has no Batch price for fine-tuned models: priced realtime"
+    return f"{entry.key} has no Batch price in the table: priced realtime"
+
+
+def arm_cost(
+    usage: ArmUsage, table: PriceTable, serving: ServingMode = "realtime"
+) -> dict[str, Any]:
+    """Per-arm cost figures (USD) when served in `serving` mode. A missing price becomes `error`,
+    not a failed report; a fine-tune whose training cost is unknown gets `training_usd` None."""
     out: dict[str, Any] = {"error": None, "notes": []}
     try:
         entry = _entry(usage, table)
@@ -71,10 +92,11 @@ def arm_cost(usage: ArmUsage, table: PriceTable) -> dict[str, Any]:
         except UserError:
             return None
 
+    training: float | None
     if usage.fine_tuned:
         realtime, batch = per_1000("finetuned"), None
-        serving = "finetuned"
-        out["notes"].append("fine-tuned models are priced realtime (no Batch price in the table)")
+        price_mode: CostMode = "finetuned"
+        serving_mode: ServingMode = "realtime"
         hosting = entry.hosting_per_hour
         training = None
         if usage.trained_tokens is not None:
@@ -82,27 +104,37 @@ def arm_cost(usage: ArmUsage, table: PriceTable) -> dict[str, Any]:
                 base = table.lookup(usage.base_model) if usage.base_model else entry
                 training = training_cost_usd(usage.trained_tokens, base)
             except UserError as e:
-                out["notes"].append(str(e))
+                out["notes"].append(f"training cost unknown: {e}")
         else:
-            out["notes"].append("no finetune.json recorded for this arm: training cost unknown")
+            out["notes"].append(
+                "training cost unknown: no trained_tokens recorded for this arm (finetune.json "
+                "or arm.json fine_tune); monthly cost and break-even leave training out"
+            )
     else:
         realtime, batch = per_1000("realtime"), per_1000("batch")
-        serving = "batch" if usage.mode == "batch" and batch is not None else "realtime"
+        serving_mode = "batch" if serving == "batch" and batch is not None else "realtime"
+        price_mode = serving_mode
         hosting, training = 0.0, 0.0
-    per_image = ((batch if serving == "batch" else realtime) or 0.0) / 1000
+    if serving == "batch" and serving_mode != "batch":
+        out["notes"].append(_batch_fallback(usage, entry))
+    used = batch if price_mode == "batch" else realtime
+    per_image = (used or 0.0) / 1000
     out |= {
-        "serving_mode": serving,
+        "serving_mode": serving_mode,
+        "price_mode": price_mode,
+        "evaluated_mode": usage.mode,
         "per_1000_realtime": realtime,
         "per_1000_batch": batch,
         "per_image": per_image,
         "training_usd": training,
+        "training_known": training is not None,
         "trained_tokens": usage.trained_tokens,
         "hosting_per_hour": hosting,
         "per_correct": per_image / usage.accuracy if usage.accuracy else None,
         "run_usd": per_image * usage.images,
     }
-    if realtime is None:
-        out["error"] = f"{entry.key} has no {serving} price: add it with --pricing FILE"
+    if used is None:
+        out["error"] = f"{entry.key} has no {price_mode} price: add it with --pricing FILE"
     return out
 
 
@@ -112,7 +144,18 @@ def monthly(cost: dict[str, Any], volume: float, months: float) -> float:
 
 
 def fixed_monthly(cost: dict[str, Any], months: float) -> float:
+    """Amortised training plus hosting a month; an unknown training cost counts as 0 (the
+    callers flag it: see `break_even`'s `training_unknown`)."""
     return (cost.get("training_usd") or 0.0) / months + cost["hosting_per_hour"] * HOURS_PER_MONTH
+
+
+def per_correct_at_volume(
+    cost: dict[str, Any], accuracy: float | None, volume: float, months: float
+) -> float | None:
+    """USD per correct prediction at `volume` images a month, fixed costs included."""
+    if not accuracy or volume <= 0:
+        return None
+    return monthly(cost, volume, months) / (volume * accuracy)
 
 
 def break_even(
@@ -122,6 +165,9 @@ def break_even(
 
     `kind`: `above` (arm cheaper above `volume_per_month`), `below` (cheaper below it), `never`
     (arm costs more at every volume), `always` (arm costs less or the same at every volume).
+    `training_unknown`: a fine-tune's training cost is unknown and was left out (so the arm
+    costs more than shown); `times_volume`: the break-even as a multiple of `volume`, and
+    `far_beyond_volume` when it is more than FAR_BEYOND times it (in practice never).
     """
     fa, fb = fixed_monthly(arm, months), fixed_monthly(baseline, months)
     va, vb = arm["per_image"], baseline["per_image"]
@@ -135,9 +181,13 @@ def break_even(
         kind = "never"
     else:
         kind = "always"
+    times = point / volume if point is not None and volume > 0 else None
     return {
         "kind": kind,
         "volume_per_month": point,
+        "times_volume": times,
+        "far_beyond_volume": times is not None and times > FAR_BEYOND,
+        "training_unknown": arm.get("training_usd") is None or baseline.get("training_usd") is None,
         "fixed_monthly_usd": fa,
         "baseline_fixed_monthly_usd": fb,
         "per_image_usd": va,
@@ -149,18 +199,28 @@ def break_even(
 
 
 def volume_grid(volume: float, points: list[float], n: int = 61) -> list[float]:
-    """Volumes for the cost curve: two decades either side of the volume and break-even points."""
-    marks = [v for v in [volume, *points] if v and v > 0] or [1000.0]
-    lo, hi = max(1.0, min(marks) / 100), max(marks) * 100
+    """Volumes for the cost curve: from two decades below the volume (or the lowest break-even)
+    up to 10x the volume or 3x the highest break-even, leaving out break-evens more than
+    FAR_BEYOND times the volume (they would squash the chart; the report states them)."""
+    volume = volume if volume > 0 else 1000.0
+    near = [p for p in points if p and 0 < p <= FAR_BEYOND * volume]
+    lo = max(1.0, min([volume, *near]) / 100)
+    hi = max([10 * volume, *(3 * p for p in near)])
+    if hi <= lo:
+        hi = lo * 10
     return [float(v) for v in np.geomspace(lo, hi, n)]
 
 
 __all__ = [
+    "FAR_BEYOND",
     "HOURS_PER_MONTH",
+    "SERVING_MODES",
     "ArmUsage",
+    "ServingMode",
     "arm_cost",
     "break_even",
     "fixed_monthly",
     "monthly",
+    "per_correct_at_volume",
     "volume_grid",
 ]

@@ -175,6 +175,7 @@ class Sample:
     concurrency: int
     item: ManifestRow
     latency_ms: float | None
+    """Rounded to 0.01 ms."""
     error: str
     attempts: int
 
@@ -201,7 +202,10 @@ async def _timed(
     for attempt in range(1, opts.max_attempts + 1):
         try:
             pred = await asyncio.wait_for(backend.classify(item), opts.timeout_s)
-            return Sample(concurrency, item, pred.latency_ms, "", attempt)
+            # Rounded to 0.01 ms as recorded (and as the study's data was), so the summary can
+            # be recomputed exactly from latency-samples.csv.
+            ms = None if pred.latency_ms is None else round(pred.latency_ms, 2)
+            return Sample(concurrency, item, ms, "", attempt)
         except asyncio.TimeoutError:
             error = f"TransientError: no answer within {opts.timeout_s:g} s"
         except TransientError as e:

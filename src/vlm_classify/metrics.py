@@ -2,8 +2,8 @@
 
 Pure functions over aligned lists (one entry per compared test item). scikit-learn computes the
 per-class figures, always with `labels=` passed explicitly (the original study's per-class report
-had shifted class names because it was not); scipy gives the Wilson interval and the exact
-McNemar test.
+had shifted class names because it was not); scipy gives the Wilson interval, the exact McNemar
+test and the exact interval of the paired difference that agrees with it.
 """
 
 from __future__ import annotations
@@ -41,7 +41,11 @@ def class_order(truth: Sequence[str], predicted: Sequence[str], labels: Sequence
 def per_class(
     truth: Sequence[str], predicted: Sequence[str], classes: Sequence[str]
 ) -> list[dict[str, Any]]:
-    """Support, correct, accuracy (= recall), precision, recall and F1 for each class in `classes`."""
+    """Support, correct, accuracy (= recall), precision, recall and F1 for each class in `classes`.
+
+    Precision is None (undefined, not 0) for a class that was never predicted; its F1 is 0 then,
+    as 2·TP / (2·TP + FP + FN) gives.
+    """
     p, r, f1, support = precision_recall_fscore_support(
         truth, predicted, labels=list(classes), zero_division=0
     )
@@ -49,13 +53,14 @@ def per_class(
     for i, label in enumerate(classes):
         n = int(support[i])
         correct = sum(1 for t, y in zip(truth, predicted, strict=True) if t == label and y == t)
+        predicted_n = sum(1 for y in predicted if y == label)
         out.append(
             {
                 "label": label,
                 "support": n,
                 "correct": correct,
                 "accuracy": correct / n if n else None,
-                "precision": float(p[i]),
+                "precision": float(p[i]) if predicted_n else None,
                 "recall": float(r[i]),
                 "f1": float(f1[i]),
             }
@@ -88,16 +93,22 @@ def top_confusions(
 
 
 def top_k(
-    truth: Sequence[str], scores: Sequence[dict[str, float]] | None, classes: Sequence[str]
+    truth: Sequence[str], scores: Sequence[dict[str, float]] | None, labels: Sequence[str]
 ) -> dict[str, float] | None:
-    """Top-k accuracy (k = 3, 5) from per-label scores, or None when the arm recorded none."""
-    if not scores or len(classes) < 3:
+    """Top-k accuracy (k = 3, 5) from per-label scores, or None when the arm recorded none.
+
+    Ranks every label of the label list (a label missing from an item's scores scores 0), not
+    only the classes that happen to occur in the test items: a class absent from the test split
+    still competes for the top k.
+    """
+    space = list(dict.fromkeys([*labels, *truth]))
+    if not scores or len(space) < 3:
         return None
-    matrix = np.array([[s.get(c, 0.0) for c in classes] for s in scores], dtype=float)
+    matrix = np.array([[s.get(c, 0.0) for c in space] for s in scores], dtype=float)
     out = {}
     for k in (3, 5):
-        if k < len(classes):
-            out[f"top_{k}"] = float(top_k_accuracy_score(truth, matrix, k=k, labels=list(classes)))
+        if k < len(space):
+            out[f"top_{k}"] = float(top_k_accuracy_score(truth, matrix, k=k, labels=space))
     return out or None
 
 
@@ -125,7 +136,7 @@ def arm_metrics(
         "macro_f1": float(np.mean([r["f1"] for r in present])) if present else None,
         "invalid": invalid,
         "invalid_rate": invalid / n if n else None,
-        "top_k": top_k(truth, scores, classes),
+        "top_k": top_k(truth, scores, labels),
         "per_class": present,
         "confusion": confusion(truth, predicted, classes),
         "top_confusions": top_confusions(ids, truth, predicted),
@@ -165,6 +176,26 @@ def paired_bootstrap(
     return (float(lo), float(hi))
 
 
+def paired_exact_interval(
+    fixed: int, broken: int, n: int, confidence: float = CONFIDENCE
+) -> tuple[float, float]:
+    """Exact interval of the accuracy difference, consistent with the exact McNemar test.
+
+    Given the `fixed + broken` discordant items, the share the arm fixed, θ = fixed / (fixed +
+    broken), gets its exact (Clopper-Pearson) interval, mapped to Δ = (2θ − 1)·(fixed + broken)/n.
+    At θ = ½ the two-sided exact test is twice one tail, so this interval leaves out 0 exactly
+    when McNemar's p < 1 − `confidence`. It is conditional on the number of discordant items
+    (none: the interval is [0, 0] and p = 1).
+    """
+    if n == 0:
+        return (float("nan"), float("nan"))
+    d = fixed + broken
+    if d == 0:
+        return (0.0, 0.0)
+    ci = binomtest(fixed, d).proportion_ci(confidence_level=confidence, method="exact")
+    return (float((2 * ci.low - 1) * d / n), float((2 * ci.high - 1) * d / n))
+
+
 def compare(
     ids: Sequence[str],
     truth: Sequence[str],
@@ -172,12 +203,18 @@ def compare(
     arm_pred: Sequence[str],
     seed: int = 0,
 ) -> dict[str, Any]:
-    """An arm against the baseline on the same items: delta, its interval, McNemar, per class."""
+    """An arm against the baseline on the same items: delta, its intervals, McNemar, per class.
+
+    `delta_ci` is the exact interval that agrees with McNemar's test; `delta_ci_bootstrap` the
+    paired percentile bootstrap (too narrow when there are few discordant items).
+    """
     base_ok = [t == y for t, y in zip(truth, base_pred, strict=True)]
     arm_ok = [t == y for t, y in zip(truth, arm_pred, strict=True)]
     n = len(ids)
     delta = (sum(arm_ok) - sum(base_ok)) / n if n else None
-    lo, hi = paired_bootstrap(base_ok, arm_ok, seed=seed)
+    test = mcnemar_exact(base_ok, arm_ok)
+    lo, hi = paired_exact_interval(test["fixed"], test["broken"], n)
+    blo, bhi = paired_bootstrap(base_ok, arm_ok, seed=seed)
     classes: dict[str, list[int]] = {}
     for i, t in enumerate(truth):
         classes.setdefault(t, []).append(i)
@@ -200,8 +237,10 @@ def compare(
         "n": n,
         "delta_accuracy": delta,
         "delta_ci": [lo, hi],
+        "delta_ci_method": "exact",
+        "delta_ci_bootstrap": [blo, bhi],
         "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "seed": seed, "method": "percentile"},
-        "mcnemar": mcnemar_exact(base_ok, arm_ok),
+        "mcnemar": test,
         "fixed_ids": [i for i, b, a in zip(ids, base_ok, arm_ok, strict=True) if a and not b],
         "broken_ids": [i for i, b, a in zip(ids, base_ok, arm_ok, strict=True) if b and not a],
         "per_class": deltas,
@@ -220,6 +259,7 @@ __all__ = [
     "confusion",
     "mcnemar_exact",
     "paired_bootstrap",
+    "paired_exact_interval",
     "per_class",
     "top_confusions",
     "top_k",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -19,6 +21,21 @@ def _names(text: str | None) -> list[str] | None:
     return names
 
 
+class FiniteFloat(click.FloatRange):
+    """A float range that also refuses nan and inf (click's FloatRange lets them through)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+    def _describe_range(self) -> str:
+        lo = None if self.min is None else f"{self.min:g}{'<' if self.min_open else '<='}"
+        hi = None if self.max is None else f"{'<' if self.max_open else '<='}{self.max:g}"
+        return f"{lo or ''}x{hi or ''}"
+
+
 @click.command("report")
 @click.argument("prepared_dir", metavar="DIR", type=click.Path(path_type=Path))
 @click.option("--arms", help="Arms to compare, comma-separated (default: every arm in DIR/arms).")
@@ -29,27 +46,42 @@ def _names(text: str | None) -> list[str] | None:
     "--volume",
     default=10_000,
     show_default=True,
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloat(min=0, min_open=True, max=1e12),
     help="Images a month, for the monthly cost comparison.",
 )
 @click.option(
     "--months",
     default=12,
     show_default=True,
-    type=click.FloatRange(min=0, min_open=True),
-    help="Months over which training is amortised.",
+    type=FiniteFloat(min=1),
+    help="Months over which training is amortised (at least 1).",
+)
+@click.option(
+    "--serving",
+    default="realtime",
+    show_default=True,
+    type=click.Choice(["realtime", "batch"]),
+    help="How every arm would be served, for its monthly cost (a model that cannot be served "
+    "in batch is priced realtime).",
 )
 @click.option("--out", type=click.Path(path_type=Path), help="Output folder [default: DIR/report].")
 @click.option(
     "--pricing", type=click.Path(path_type=Path), help="Pricing file extending the shipped table."
 )
-@click.option("--seed", default=0, show_default=True, help="Seed of the paired bootstrap.")
+@click.option(
+    "--seed",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Seed of the paired bootstrap.",
+)
 def report_cmd(
     prepared_dir: Path,
     arms: str | None,
     baseline: str | None,
     volume: float,
     months: float,
+    serving: str,
     out: Path | None,
     pricing: Path | None,
     seed: int,
@@ -64,6 +96,7 @@ def report_cmd(
         baseline=baseline,
         volume=volume,
         months=months,
+        serving=serving,  # type: ignore[arg-type]
         out=out,
         pricing=pricing,
         seed=seed,

@@ -4,6 +4,7 @@ plots, report.md and a self-contained report.html."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 from pathlib import Path
@@ -13,7 +14,16 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from .. import __version__
-from ..cost import ArmUsage, arm_cost, break_even, monthly, volume_grid
+from ..cost import (
+    FAR_BEYOND,
+    ArmUsage,
+    ServingMode,
+    arm_cost,
+    break_even,
+    monthly,
+    per_correct_at_volume,
+    volume_grid,
+)
 from ..errors import UserError
 from ..metrics import BOOTSTRAP_RESAMPLES, SMALL_SUPPORT, arm_metrics, compare
 from ..pricing import load_pricing
@@ -21,6 +31,8 @@ from .load import Aligned, Arm, align, latency_studies, select_arms
 from .verdict import verdict
 
 log = logging.getLogger(__name__)
+MAX_VOLUME = 1e12
+"""The largest --volume taken (a trillion images a month): beyond it the cost curve overflows."""
 
 ARM_COLUMNS = (
     "prediction",
@@ -41,15 +53,18 @@ class ReportOptions(BaseModel):
     """Arms to compare (default: every arm with predictions under DIR/arms)."""
     baseline: str | None = None
     """The arm the others are compared with (default: the first that is not fine-tuned)."""
-    volume: float = Field(10_000, gt=0)
+    volume: float = Field(10_000, gt=0, le=MAX_VOLUME, allow_inf_nan=False)
     """Images a month, for the monthly cost comparison."""
-    months: float = Field(12, gt=0)
-    """Months over which a fine-tuning job's cost is spread."""
+    months: float = Field(12, ge=1, allow_inf_nan=False)
+    """Months over which a fine-tuning job's cost is spread (at least one)."""
+    serving: ServingMode = "realtime"
+    """How every arm would be served, for its monthly cost: realtime or through the Batch API
+    (a model that cannot be served in batch is priced realtime, with a note)."""
     out: Path | None = None
     """Output folder (default DIR/report)."""
     pricing: Path | None = None
     """A pricing file that extends or overrides the shipped table."""
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     """Seed of the paired bootstrap."""
 
 
@@ -66,32 +81,34 @@ def _num(text: str | None) -> float | None:
         return None
 
 
-def write_results(path: Path, al: Aligned) -> None:
-    """One row per test item: its label and image, `compared`, then each arm's columns."""
+def results_csv(al: Aligned) -> str:
+    """results.csv: one row per test item: its label and image, `compared`, then each arm's
+    columns (a prediction that is not a label is written as invalid)."""
     compared = set(al.ids)
     order = [i for i in al.manifest if i in al.arms[0].rows]
     fields = ["id", "label", "image_path", "compared"]
     fields += [f"{a.name}.{c}" for a in al.arms for c in ARM_COLUMNS]
-    with path.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(fields)
-        for i in order:
-            m = al.manifest[i]
-            row: list[Any] = [i, m.label, m.image_path, int(i in compared)]
-            for a in al.arms:
-                r = a.rows[i]
-                valid = r.get("valid") == "1" and bool(r.get("prediction"))
-                correct = valid and a.answered(i) and r["prediction"] == m.label
-                row += [
-                    r.get("prediction", "") if valid else "",
-                    int(correct),
-                    int(valid),
-                    r.get("confidence", ""),
-                    r.get("latency_ms", ""),
-                    r.get("prompt_tokens", ""),
-                    r.get("completion_tokens", ""),
-                ]
-            w.writerow(row)
+    f = io.StringIO()
+    w = csv.writer(f, lineterminator="\n")
+    w.writerow(fields)
+    for i in order:
+        m = al.manifest[i]
+        row: list[Any] = [i, m.label, m.image_path, int(i in compared)]
+        for a in al.arms:
+            r = a.rows[i]
+            valid = a.valid(i)
+            correct = valid and a.answered(i) and r["prediction"] == m.label
+            row += [
+                r.get("prediction", "") if valid else "",
+                int(correct),
+                int(valid),
+                r.get("confidence", ""),
+                r.get("latency_ms", ""),
+                r.get("prompt_tokens", ""),
+                r.get("completion_tokens", ""),
+            ]
+        w.writerow(row)
+    return f.getvalue()
 
 
 def _latency(values: list[float]) -> dict[str, Any] | None:
@@ -141,7 +158,9 @@ def _arm_block(arm: Arm, al: Aligned) -> dict[str, Any]:
 def _usage(arm: Arm, block: dict[str, Any]) -> ArmUsage:
     ft_meta = arm.meta.get("fine_tune") or {}
     job = arm.finetune or {}
-    trained = job.get("trained_tokens", ft_meta.get("trained_tokens"))
+    trained = job.get("trained_tokens")
+    if trained is None:  # absent, or recorded as null before the job finished
+        trained = ft_meta.get("trained_tokens")
     return ArmUsage(
         name=arm.name,
         model=arm.model,
@@ -161,7 +180,12 @@ def _cost_section(
 ) -> dict[str, Any]:
     table = load_pricing(opts.pricing)
     for arm in arms:
-        blocks[arm.name]["cost"] = arm_cost(_usage(arm, blocks[arm.name]), table)
+        cost = arm_cost(_usage(arm, blocks[arm.name]), table, opts.serving)
+        if not cost["error"]:
+            cost["per_correct_at_volume"] = per_correct_at_volume(
+                cost, blocks[arm.name]["accuracy"], opts.volume, opts.months
+            )
+        blocks[arm.name]["cost"] = cost
     base = arms[0].name
     priced = [a.name for a in arms if not blocks[a.name]["cost"]["error"]]
     evens: dict[str, Any] = {}
@@ -181,6 +205,7 @@ def _cost_section(
     grid = volume_grid(opts.volume, points)
     curves = {n: [monthly(blocks[n]["cost"], v, opts.months) for v in grid] for n in priced}
     return {
+        "serving": opts.serving,
         "volume_per_month": opts.volume,
         "months": opts.months,
         "hours_per_month": 730,
@@ -217,9 +242,21 @@ def compute(prepared_dir: Path, opts: ReportOptions) -> tuple[dict[str, Any], Al
         "baseline": baseline,
         "methods": {
             "accuracy_ci": "Wilson score interval, 95% (scipy.stats.binomtest.proportion_ci)",
-            "delta_ci": f"paired bootstrap over items, {BOOTSTRAP_RESAMPLES} resamples, "
-            f"percentile 95%, seed {opts.seed}",
+            "delta_ci": "exact 95% interval consistent with McNemar's test: Clopper-Pearson "
+            "interval of θ = fixed / (fixed + broken), mapped to Δ = (2θ − 1)·(fixed + broken)/n "
+            "(conditional on the number of discordant items; leaves out 0 exactly when p < 0.05)",
+            "delta_ci_bootstrap": f"paired bootstrap over items, {BOOTSTRAP_RESAMPLES} resamples, "
+            f"percentile 95%, seed {opts.seed} (shown for reference: too narrow with few "
+            "discordant items)",
             "mcnemar": "exact: two-sided binomial test on the discordant pairs (scipy)",
+            "chance": "a difference is called possibly chance when McNemar's p >= 0.05 or an "
+            "interval includes 0",
+            "serving": f"every arm priced as served {opts.serving} (--serving); a model that "
+            "cannot be served that way is priced realtime, with a note",
+            "per_correct": "cost per correct prediction: tokens only (per_correct), and at "
+            "--volume with training amortised and hosting (per_correct_at_volume)",
+            "far_beyond_volume": f"a break-even above {FAR_BEYOND:g}x --volume is called "
+            "in practice never",
             "invalid": "answers that are not a label count as wrong and are reported apart",
             "small_support": f"per-class figures on fewer than {SMALL_SUPPORT} items are flagged",
         },
@@ -242,11 +279,22 @@ def build_report(prepared_dir: Path, opts: ReportOptions | None = None) -> Repor
     prepared_dir = Path(prepared_dir)
     metrics, al = compute(prepared_dir, opts)
     out = Path(opts.out) if opts.out else prepared_dir / "report"
-    out.mkdir(parents=True, exist_ok=True)
-    write_results(out / "results.csv", al)
-    (out / "metrics.json").write_text(
-        json.dumps(metrics, indent=2, allow_nan=False) + "\n", encoding="utf-8"
-    )
-    files = [out / "results.csv", out / "metrics.json"]
-    files += render(prepared_dir, out, metrics, al)
+    # Everything is built in memory first: a failure leaves no half-written report behind.
+    try:
+        metrics_text = json.dumps(metrics, indent=2, allow_nan=False) + "\n"
+    except ValueError as e:
+        raise UserError(
+            f"the report has a number that is not finite ({e}): check --volume and --months"
+        ) from None
+    contents: dict[str, bytes] = {
+        "results.csv": results_csv(al).encode("utf-8"),
+        "metrics.json": metrics_text.encode("utf-8"),
+    }
+    contents |= render(prepared_dir, out, metrics, al)
+    files = []
+    for rel, data in contents.items():
+        path = out / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        files.append(path)
     return ReportResult(out_dir=out, files=files, verdict=metrics["verdict"]["text"])

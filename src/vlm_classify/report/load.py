@@ -27,6 +27,8 @@ class Arm:
     """predictions.csv rows by id, in file order."""
     finetune: dict[str, Any] | None = None
     """The finetune.json of the job that made this arm's model (with `_dir`), if recorded."""
+    labels: frozenset[str] | None = None
+    """The label list (set by `align`): a prediction outside it is invalid, whatever `valid` says."""
 
     @property
     def model(self) -> str:
@@ -53,10 +55,17 @@ class Arm:
     def answered(self, item_id: str) -> bool:
         return not (self.rows[item_id].get("error") or "").strip()
 
+    def valid(self, item_id: str) -> bool:
+        """The answer was one of the labels (`valid` = 1 and, once aligned, in the label list)."""
+        r = self.rows[item_id]
+        prediction = r.get("prediction")
+        if r.get("valid") != "1" or not prediction:
+            return False
+        return self.labels is None or prediction in self.labels
+
     def predicted(self, item_id: str) -> str:
         """The predicted label, or INVALID when the answer was not a label."""
-        r = self.rows[item_id]
-        return r["prediction"] if r.get("valid") == "1" and r.get("prediction") else INVALID
+        return self.rows[item_id]["prediction"] if self.valid(item_id) else INVALID
 
     def scores(self, item_id: str) -> dict[str, float] | None:
         raw = self.rows[item_id].get("scores")
@@ -196,6 +205,9 @@ def align(prepared_dir: Path, arms: list[Arm]) -> Aligned:
         labels = read_labels(prepared_dir)
     except UserError:
         labels = sorted({r.label for r in manifest.values()})
+    known = frozenset(labels) | {r.label for r in manifest.values()}
+    for arm in arms:
+        arm.labels = known
     return Aligned(arms, ids, [manifest[i].label for i in ids], manifest, labels, excluded)
 
 

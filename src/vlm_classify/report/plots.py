@@ -1,16 +1,20 @@
-"""The report's figures (PNG, matplotlib's Agg backend). Each function draws one file; emulated
-arms carry "(emulated)" in their names, so titles and legends say it."""
+"""The report's figures (PNG, matplotlib's Agg backend). Each function draws one figure and
+returns its PNG bytes (the report writes its files only once everything is built); emulated arms
+carry "(emulated)" in their names, so titles and legends say it."""
 
 from __future__ import annotations
 
+import io
 import math
+import textwrap
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from ..metrics import INVALID
 
 DPI = 110
 EMULATED_NOTE = " (includes emulated arms)"
@@ -23,15 +27,23 @@ def _figure(figsize: tuple[float, float], ncols: int = 1) -> tuple[Figure, Any]:
     return fig, fig.subplots(1, ncols)
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def _save(fig: Figure) -> bytes:
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    return path
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=DPI, format="png")
+    return buf.getvalue()
 
 
-def accuracy(rows: Sequence[tuple[str, float, float, float]], path: Path, title: str) -> Path:
+def _wrap(title: str, width_in: float, fontsize: float = 10) -> str:
+    """Wrap a title to the figure's width (about 0.6 em per character)."""
+    chars = max(20, int(width_in * 72 / (fontsize * 0.6)))
+    return "\n".join(textwrap.wrap(title, chars)) or title
+
+
+def accuracy(rows: Sequence[tuple[str, float, float, float]], title: str) -> bytes:
     """Bars of accuracy per arm with their 95% intervals: `(label, accuracy, low, high)`."""
-    fig, ax = _figure(figsize=(max(4.0, 1.4 * len(rows) + 2), 3.6))
+    width = max(5.5, 1.4 * len(rows) + 2)
+    fig, ax = _figure(figsize=(width, 3.8))
     names = [r[0] for r in rows]
     acc = np.array([r[1] for r in rows]) * 100
     err = np.array([[r[1] - r[2], r[3] - r[1]] for r in rows]).T * 100
@@ -41,12 +53,12 @@ def accuracy(rows: Sequence[tuple[str, float, float, float]], path: Path, title:
         ax.text(x, v / 2, f"{v:.1f}%", ha="center", va="center", color="white", fontsize=9)
     ax.set_ylabel("accuracy (%) with 95% CI")
     ax.set_ylim(0, 105)
-    ax.set_title(title, fontsize=10)
+    ax.set_title(_wrap(title, width - 1), fontsize=10)
     ax.tick_params(axis="x", labelsize=8)
-    return _save(fig, path)
+    return _save(fig)
 
 
-def class_deltas(deltas: Sequence[dict[str, Any]], path: Path, title: str, top: int = 12) -> Path:
+def class_deltas(deltas: Sequence[dict[str, Any]], title: str, top: int = 12) -> bytes:
     """The largest per-class gains and losses against the baseline (light bars: small support)."""
     ranked = sorted(deltas, key=lambda d: d["delta"])
     losses = [d for d in ranked if d["delta"] < 0][:top]
@@ -65,12 +77,16 @@ def class_deltas(deltas: Sequence[dict[str, Any]], path: Path, title: str, top: 
         ax.set_yticks(y, [f"{d['label']} (n={d['support']})" for d in shown], fontsize=7)
         ax.axvline(0, color="black", lw=0.8)
         ax.set_xlabel("accuracy change (pp); pale bars: fewer than 10 test items")
-    ax.set_title(title, fontsize=10)
-    return _save(fig, path)
+    ax.set_title(_wrap(title, 6), fontsize=10)
+    return _save(fig)
 
 
-def confusion(conf: dict[str, Any], path: Path, title: str, top: int = 30) -> Path:
-    """Row-normalised confusion heatmap; with many classes, the `top` most-confused ones."""
+def confusion_cells(
+    conf: dict[str, Any], top: int = 30
+) -> tuple[list[str], list[str], np.ndarray, np.ndarray, str]:
+    """What the confusion heatmap shows: row names, column names, counts, row-normalised shares
+    and a note. Above `top` classes, the `top` most-confused ones; when some answers were not a
+    label, a last "(invalid)" column counts them per true class (rows still sum to 1)."""
     labels = conf["labels"]
     m = np.array(conf["matrix"], dtype=float)
     shown = list(range(len(labels)))
@@ -80,40 +96,49 @@ def confusion(conf: dict[str, Any], path: Path, title: str, top: int = 30) -> Pa
         np.fill_diagonal(off, 0)
         involvement = off.sum(axis=0) + off.sum(axis=1)
         shown = sorted(np.argsort(-involvement, kind="stable")[:top].tolist())
-        note = f"\n{top} most-confused of {len(labels)} classes"
-    support = m.sum(axis=1) + np.array(conf["invalid"], dtype=float)
-    norm = m / np.where(support == 0, 1, support)[:, None]
-    sub = norm[np.ix_(shown, shown)]
-    size = min(11.0, max(4.0, 0.28 * len(shown) + 2.5))
+        note = f"{top} most-confused of {len(labels)} classes"
+    invalid = np.array(conf["invalid"], dtype=float)
+    support = m.sum(axis=1) + invalid
+    scale = np.where(support == 0, 1, support)[:, None]
+    counts = m[np.ix_(shown, shown)]
+    rows = [labels[i] for i in shown]
+    columns = list(rows)
+    if invalid.any():
+        counts = np.column_stack([counts, invalid[shown]])
+        columns.append(INVALID)
+    return rows, columns, counts, counts / scale[shown], note
+
+
+def confusion(conf: dict[str, Any], title: str, top: int = 30) -> bytes:
+    """Row-normalised confusion heatmap (see `confusion_cells`)."""
+    rows, columns, counts, shares, note = confusion_cells(conf, top)
+    size = min(11.0, max(4.0, 0.28 * len(columns) + 2.5))
     fig, ax = _figure(figsize=(size + 1.5, size))
-    im = ax.imshow(sub, cmap="Blues", vmin=0, vmax=1)
-    names = [labels[i] for i in shown]
-    font = 8 if len(shown) <= 15 else 6
-    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=font)
-    ax.set_yticks(range(len(names)), names, fontsize=font)
+    im = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    font = 8 if len(columns) <= 15 else 6
+    ax.set_xticks(range(len(columns)), columns, rotation=90, fontsize=font)
+    ax.set_yticks(range(len(rows)), rows, fontsize=font)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    if len(shown) <= top:
-        counts = m[np.ix_(shown, shown)]
-        for i in range(len(shown)):
-            for j in range(len(shown)):
-                if counts[i, j]:
-                    ax.text(
-                        j,
-                        i,
-                        int(counts[i, j]),
-                        ha="center",
-                        va="center",
-                        fontsize=font - 1,
-                        color="white" if sub[i, j] > 0.5 else "black",
-                    )
+    for i in range(counts.shape[0]):
+        for j in range(counts.shape[1]):
+            if counts[i, j]:
+                ax.text(
+                    j,
+                    i,
+                    int(counts[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=font - 1,
+                    color="white" if shares[i, j] > 0.5 else "black",
+                )
     cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     cbar.set_label("share of the true class", fontsize=8)
-    ax.set_title(title + note, fontsize=10)
-    return _save(fig, path)
+    ax.set_title(title + (f"\n{note}" if note else ""), fontsize=10)
+    return _save(fig)
 
 
-def latency_hist(series: dict[str, list[float]], path: Path, title: str) -> Path:
+def latency_hist(series: dict[str, list[float]], title: str) -> bytes:
     fig, ax = _figure(figsize=(7, 3.6))
     everything = np.concatenate([np.asarray(v) for v in series.values()])
     bins = np.histogram_bin_edges(everything, bins=min(50, max(10, len(everything) // 20)))
@@ -123,16 +148,16 @@ def latency_hist(series: dict[str, list[float]], path: Path, title: str) -> Path
     ax.set_ylabel("requests")
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=10)
-    return _save(fig, path)
+    return _save(fig)
 
 
-def latency_box(series: dict[str, list[float]], path: Path, title: str) -> Path:
+def latency_box(series: dict[str, list[float]], title: str) -> bytes:
     fig, ax = _figure(figsize=(max(6.0, 1.3 * len(series) + 2), 3.8))
     ax.boxplot(list(series.values()), showfliers=True)
     ax.set_xticks(range(1, len(series) + 1), list(series), fontsize=7, rotation=15)
     ax.set_ylabel("latency (ms)")
     ax.set_title(title, fontsize=10)
-    return _save(fig, path)
+    return _save(fig)
 
 
 def cost_curve(
@@ -140,35 +165,46 @@ def cost_curve(
     curves: dict[str, list[float]],
     marks: Sequence[tuple[str, float]],
     volume: float,
-    path: Path,
     title: str,
-) -> Path:
-    """Monthly cost against monthly volume (log-log), break-even points and the chosen volume."""
-    fig, ax = _figure(figsize=(7, 4))
+) -> bytes:
+    """Monthly cost against monthly volume (log-log), break-even points and the chosen volume.
+
+    A break-even outside the plotted volumes is named under the chart instead of drawn.
+    """
+    fig, ax = _figure(figsize=(7, 4.2))
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    lo, hi = volumes[0], volumes[-1]
     for name, costs in curves.items():
         ax.plot(volumes, [max(c, 1e-6) for c in costs], label=name)
+    ax.set_xlim(lo, hi)
+    off: list[str] = []
     for name, v in marks:
+        if not lo <= v <= hi:
+            off.append(f"{name} breaks even at {v:,.0f}/month, off this chart")
+            continue
         ax.axvline(v, color="grey", ls=":", lw=1)
+        # Label on the side with room, so the text is not cut off at the right edge.
+        right = math.log(v / lo) / math.log(hi / lo) > 0.55
         ax.annotate(
             f"{name}\nbreaks even at {v:,.0f}/month",
-            (v, ax.get_ylim()[1]),
+            xy=(v, 1),
+            xycoords=("data", "axes fraction"),
             fontsize=7,
             va="top",
-            ha="left",
-            xytext=(3, -3),
+            ha="right" if right else "left",
+            xytext=(-3 if right else 3, -3),
             textcoords="offset points",
         )
     ax.axvline(volume, color="black", ls="--", lw=1, label=f"--volume {volume:,.0f}")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("images per month")
+    ax.set_xlabel("images per month" + ("\n" + "\n".join(off) if off else ""))
     ax.set_ylabel("USD per month")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower right")
     ax.set_title(title, fontsize=10)
-    return _save(fig, path)
+    return _save(fig)
 
 
-def training(rows: Sequence[dict[str, str]], path: Path, title: str) -> Path:
+def training(rows: Sequence[dict[str, str]], title: str) -> bytes:
     """Loss and accuracy against step from a fine-tuning results file (empty cells skipped)."""
 
     def series(col: str) -> tuple[list[float], list[float]]:
@@ -199,14 +235,17 @@ def training(rows: Sequence[dict[str, str]], path: Path, title: str) -> Path:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+    return _save(fig)
 
 
-def concurrency(studies: Sequence[Any], path: Path, title: str) -> Path:
-    """Latency studies: latency boxes per concurrency level, and p50/p95 and throughput by level."""
-    fig, (ax1, ax2) = _figure(ncols=2, figsize=(10, 3.8))
-    boxes, names = [], []
-    for st in studies:
+def concurrency(studies: Sequence[Any], title: str) -> bytes:
+    """Latency studies: latency boxes per concurrency level (one colour per study, ticks naming
+    the level only), and p50/p95 by level."""
+    fig, (ax1, ax2) = _figure(ncols=2, figsize=(10, 3.9))
+    colors = [f"C{i % 10}" for i in range(len(studies))]
+    position, ticks, tick_names = 1.0, [], []
+    for st, color in zip(studies, colors, strict=True):
+        boxes, places = [], []
         for level in st.levels:
             c = level["concurrency"]
             values = [
@@ -216,14 +255,30 @@ def concurrency(studies: Sequence[Any], path: Path, title: str) -> Path:
             ]
             if values:
                 boxes.append(values)
-                names.append(f"{st.display}\nx{c}")
+                places.append(position)
+                ticks.append(position)
+                tick_names.append(f"x{c}")
+                position += 1
+        if boxes:
+            ax1.boxplot(
+                boxes,
+                positions=places,
+                showfliers=False,
+                patch_artist=True,
+                boxprops={"facecolor": color, "alpha": 0.45},
+                medianprops={"color": "black"},
+            )
+            ax1.plot([], [], "s", color=color, alpha=0.6, label=st.display)
+            position += 0.6  # a gap between studies
         xs = [int(r["concurrency"]) for r in st.levels]
         for key, style in (("p50_ms", "-o"), ("p95_ms", "--o")):
             ys = [float(r[key]) if r.get(key) else math.nan for r in st.levels]
-            ax2.plot(xs, ys, style, label=f"{st.display} {key[:3]}")
-    if boxes:
-        ax1.boxplot(boxes, showfliers=False)
-        ax1.set_xticks(range(1, len(names) + 1), names, fontsize=6)
+            ax2.plot(xs, ys, style, color=color, label=f"{st.display} {key[:3]}")
+    if ticks:
+        ax1.set_xticks(ticks, tick_names, fontsize=8)
+        ax1.set_xlim(0.3, position - 0.3)
+        ax1.legend(fontsize=7)
+    ax1.set_xlabel("concurrent requests")
     ax1.set_ylabel("latency (ms), outliers hidden")
     levels = sorted({int(r["concurrency"]) for st in studies for r in st.levels})
     ax2.set_xscale("log", base=2)
@@ -233,4 +288,4 @@ def concurrency(studies: Sequence[Any], path: Path, title: str) -> Path:
     ax2.set_ylabel("latency (ms)")
     ax2.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+    return _save(fig)

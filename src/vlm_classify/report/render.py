@@ -1,5 +1,6 @@
 """Draw the figures, make the error gallery's thumbnails, and render report.md and report.html
-(self-contained: every image is a data URI, no external resource)."""
+(self-contained: every image is a data URI, no external resource). Everything is returned as
+bytes: the caller writes the files once the whole report is built."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from .tables import (
     class_delta_table,
     comparison_table,
     confusion_table,
+    cost_notes,
     cost_tables,
     latency_tables,
     per_class_table,
@@ -35,8 +37,8 @@ GALLERY_PAIRS = 8
 PER_PAIR = 4
 
 
-def _data_uri(path: Path, mime: str = "image/png") -> str:
-    return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+def _data_uri(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
 
 
 def _thumb(path: Path) -> str:
@@ -56,39 +58,41 @@ def _note(m: dict[str, Any]) -> str:
     return plots.EMULATED_NOTE if any(a["emulated"] for a in m["arms"].values()) else ""
 
 
-def _figures(
-    prepared_dir: Path, out: Path, m: dict[str, Any], al: Aligned
-) -> dict[str, list[Figure]]:
-    pdir = out / "plots"
-    pdir.mkdir(exist_ok=True)
+def _figures(prepared_dir: Path, m: dict[str, Any], al: Aligned) -> dict[str, list[Figure]]:
+    """Every figure, drawn in memory (`Figure.data`), under `plots/` in the report folder."""
     arms = m["arms"]
     note = _note(m)
     figs: dict[str, list[Figure]] = {
         k: [] for k in ("accuracy", "classes", "latency", "cost", "training")
     }
 
-    def add(section: str, title: str, path: Path, caption: str = "") -> None:
-        figs[section].append(Figure(title, path.relative_to(out).as_posix(), caption))
+    def add(section: str, title: str, name: str, data: bytes, caption: str = "") -> None:
+        figs[section].append(Figure(title, f"plots/{name}", caption, data=data))
 
     rows = [(a["display"], a["accuracy"], *a["accuracy_ci"]) for a in arms.values()]
     add(
         "accuracy",
         "Accuracy per arm",
-        plots.accuracy(
-            rows, pdir / "accuracy.png", f"Accuracy on {len(al.ids)} test items, 95% CI{note}"
-        ),
+        "accuracy.png",
+        plots.accuracy(rows, f"Accuracy on {len(al.ids)} test items, 95% CI{note}"),
     )
     for name, c in m["comparisons"].items():
         title = f"{arms[name]['display']} vs {arms[m['baseline']]['display']}: per-class change"
         add(
             "classes",
             title,
-            plots.class_deltas(c["per_class"], pdir / f"class-deltas-{name}.png", title),
+            f"class-deltas-{name}.png",
+            plots.class_deltas(c["per_class"], title),
         )
     for name, a in arms.items():
         title = f"Confusion matrix: {a['display']}"
+        caption = "the last column counts answers that were not a label" if a["invalid"] else ""
         add(
-            "classes", title, plots.confusion(a["confusion"], pdir / f"confusion-{name}.png", title)
+            "classes",
+            title,
+            f"confusion-{name}.png",
+            plots.confusion(a["confusion"], title),
+            caption,
         )
     series = {
         arm.display: [
@@ -99,20 +103,14 @@ def _figures(
     }
     if series:
         title = f"Per-request latency while classifying{note}"
-        add(
-            "latency",
-            "Latency histogram",
-            plots.latency_hist(series, pdir / "latency-hist.png", title),
-        )
-        add(
-            "latency", "Latency boxplot", plots.latency_box(series, pdir / "latency-box.png", title)
-        )
+        add("latency", "Latency histogram", "latency-hist.png", plots.latency_hist(series, title))
+        add("latency", "Latency boxplot", "latency-box.png", plots.latency_box(series, title))
     studies = latency_studies(prepared_dir, list(m["latency_studies"]))
     if studies:
         title = "Latency study by concurrency" + (
             plots.EMULATED_NOTE if any(s.emulated for s in studies) else ""
         )
-        add("latency", title, plots.concurrency(studies, pdir / "latency-concurrency.png", title))
+        add("latency", title, "latency-concurrency.png", plots.concurrency(studies, title))
         hist: dict[str, list[float]] = {}
         for st in studies:
             for x in st.samples:
@@ -123,7 +121,7 @@ def _figures(
             title = "Latency study by concurrency: distribution" + (
                 plots.EMULATED_NOTE if any(s.emulated for s in studies) else ""
             )
-            add("latency", title, plots.latency_hist(hist, pdir / "latency-study-hist.png", title))
+            add("latency", title, "latency-study-hist.png", plots.latency_hist(hist, title))
     curve = m["cost"]["curve"]
     if curve["monthly_usd"]:
         lines = {arms[n]["display"]: v for n, v in curve["monthly_usd"].items()}
@@ -132,18 +130,12 @@ def _figures(
             for n, be in m["cost"]["break_even"].items()
             if be["volume_per_month"]
         ]
-        title = f"Monthly cost against volume{note}"
+        title = f"Monthly cost against volume, served {m['cost']['serving']}{note}"
         add(
             "cost",
             title,
-            plots.cost_curve(
-                curve["volumes"],
-                lines,
-                marks,
-                m["cost"]["volume_per_month"],
-                pdir / "cost-volume.png",
-                title,
-            ),
+            "cost-volume.png",
+            plots.cost_curve(curve["volumes"], lines, marks, m["cost"]["volume_per_month"], title),
         )
     for arm in al.arms:
         job = arm.finetune or {}
@@ -153,11 +145,7 @@ def _figures(
                 with path.open(newline="", encoding="utf-8") as f:
                     rows_csv = list(csv.DictReader(f))
                 title = f"Fine-tuning curves: {arm.display} ({job.get('fine_tuned_model', '')})"
-                add(
-                    "training",
-                    title,
-                    plots.training(rows_csv, pdir / f"training-{arm.name}.png", title),
-                )
+                add("training", title, f"training-{arm.name}.png", plots.training(rows_csv, title))
     return figs
 
 
@@ -207,7 +195,7 @@ def _sections(m: dict[str, Any], figs: dict[str, list[Figure]]) -> list[Section]
     lat = latency_tables(m)
     if lat or figs["latency"]:
         out.append(Section("Latency", "latency", tables=lat, figures=figs["latency"]))
-    out.append(Section("Cost", "cost", tables=cost_tables(m), figures=figs["cost"]))
+    out.append(Section("Cost", "cost", cost_notes(m), tables=cost_tables(m), figures=figs["cost"]))
     if figs["training"]:
         out.append(Section("Fine-tuning", "training", figures=figs["training"]))
     return out
@@ -230,12 +218,13 @@ def _env(autoescape: bool) -> jinja2.Environment:
     return env
 
 
-def render(prepared_dir: Path, out: Path, m: dict[str, Any], al: Aligned) -> list[Path]:
-    """Write the plots, report.md and report.html into `out`; return the files written."""
-    figs = _figures(prepared_dir, out, m, al)
+def render(prepared_dir: Path, out: Path, m: dict[str, Any], al: Aligned) -> dict[str, bytes]:
+    """The plots, report.md and report.html for the report folder `out`, as bytes by path
+    relative to it (nothing is written here)."""
+    figs = _figures(prepared_dir, m, al)
     for group in figs.values():
         for f in group:
-            f.data_uri = _data_uri(out / f.path)
+            f.data_uri = _data_uri(f.data)
     context = {
         "m": m,
         "title": "vlm-classify report",
@@ -245,11 +234,8 @@ def render(prepared_dir: Path, out: Path, m: dict[str, Any], al: Aligned) -> lis
         "excluded": m["dataset"]["excluded"],
         "emulated": any(a["emulated"] for a in m["arms"].values()),
     }
-    (out / "report.md").write_text(
-        _env(False).get_template("report.md.j2").render(context), "utf-8"
-    )
-    (out / "report.html").write_text(
-        _env(True).get_template("report.html.j2").render(context), "utf-8"
-    )
-    written = [out / "report.md", out / "report.html"]
-    return written + [out / f.path for group in figs.values() for f in group]
+    files = {
+        "report.md": _env(False).get_template("report.md.j2").render(context).encode("utf-8"),
+        "report.html": _env(True).get_template("report.html.j2").render(context).encode("utf-8"),
+    }
+    return files | {f.path: f.data for group in figs.values() for f in group}

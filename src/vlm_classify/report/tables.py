@@ -25,6 +25,8 @@ class Figure:
     path: str
     """Relative to the report folder."""
     caption: str = ""
+    data: bytes = b""
+    """The PNG itself."""
     data_uri: str = ""
 
 
@@ -85,6 +87,7 @@ def comparison_table(m: dict[str, Any]) -> Table:
     rows = []
     for name, c in m["comparisons"].items():
         lo, hi = c["delta_ci"]
+        blo, bhi = c["delta_ci_bootstrap"]
         mc = c["mcnemar"]
         rows.append(
             [
@@ -93,6 +96,7 @@ def comparison_table(m: dict[str, Any]) -> Table:
                 str(c["n"]),
                 pp(c["delta_accuracy"]),
                 f"{pp(lo)} to {pp(hi)}",
+                f"{pp(blo)} to {pp(bhi)}",
                 pval(mc["p_value"]).removeprefix("p = "),
                 str(mc["fixed"]),
                 str(mc["broken"]),
@@ -105,14 +109,17 @@ def comparison_table(m: dict[str, Any]) -> Table:
             "baseline",
             "n",
             "Δ accuracy",
-            "95% CI (paired bootstrap)",
+            "95% CI (exact)",
+            "95% CI (bootstrap)",
             "McNemar p (exact)",
             "fixed",
             "broken",
         ],
         rows,
         "fixed: wrong in the baseline, right in the arm; broken: the reverse. The ids are in "
-        "metrics.json (comparisons.<arm>.fixed_ids / broken_ids).",
+        "metrics.json (comparisons.<arm>.fixed_ids / broken_ids). The exact interval agrees with "
+        "McNemar's test (it leaves out 0 exactly when p < 0.05); the paired bootstrap is shown "
+        "for reference and is too narrow when few items differ.",
     )
 
 
@@ -155,7 +162,7 @@ def per_class_table(m: dict[str, Any], name: str) -> Table:
             str(r["support"]),
             str(r["correct"]),
             pct(r["accuracy"], 1),
-            f"{r['precision']:.3f}",
+            "-" if r["precision"] is None else f"{r['precision']:.3f}",
             f"{r['recall']:.3f}",
             f"{r['f1']:.3f}",
         ]
@@ -165,6 +172,7 @@ def per_class_table(m: dict[str, Any], name: str) -> Table:
         f"Per-class figures: {a['display']}",
         ["class", "support", "correct", "accuracy", "precision", "recall", "F1"],
         rows,
+        "precision '-': the class was never predicted (undefined, not 0).",
         collapsed=True,
     )
 
@@ -248,23 +256,39 @@ def latency_tables(m: dict[str, Any]) -> list[Table]:
     return out
 
 
+def cost_notes(m: dict[str, Any]) -> list[str]:
+    """The pricing caveats of each arm (fallbacks, unknown training cost), one line each."""
+    lines = [f"Every arm is priced as served {m['cost']['serving']} (--serving)."]
+    for a in m["arms"].values():
+        lines += [f"{a['display']}: {note}." for note in a["cost"].get("notes", [])]
+    return lines
+
+
 def cost_tables(m: dict[str, Any]) -> list[Table]:
+    volume = count(m["cost"]["volume_per_month"])
     rows = []
     for a in m["arms"].values():
         c = a["cost"]
         if c["error"]:
-            rows.append([a["display"], c["error"], "", "", "", "", "", ""])
+            rows.append([a["display"], c["error"], "", "", "", "", "", "", ""])
             continue
+        priced = c["serving_mode"] + (
+            " (fine-tuned prices)" if c["price_mode"] == "finetuned" else ""
+        )
+        training = "-"
+        if a["fine_tuned"]:
+            training = "unknown" if c["training_usd"] is None else usd(c["training_usd"])
         rows.append(
             [
                 a["display"],
                 f"{c['price_entry']} ({c['price_date']})",
-                c["serving_mode"],
+                priced,
                 usd(c["per_1000_realtime"]),
-                usd(c["per_1000_batch"]),
-                usd(c["training_usd"]) if a["fine_tuned"] else "-",
+                usd(c["per_1000_batch"]) if c["per_1000_batch"] is not None else "-",
+                training,
                 usd(c["hosting_per_hour"]) if a["fine_tuned"] else "-",
                 usd(c["per_correct"]),
+                usd(c.get("per_correct_at_volume")),
             ]
         )
     tables = [
@@ -278,10 +302,13 @@ def cost_tables(m: dict[str, Any]) -> list[Table]:
                 "per 1,000 images batch",
                 "training",
                 "hosting / hour",
-                "per correct prediction",
+                "per correct prediction (tokens only)",
+                f"per correct prediction at {volume}/month (all costs)",
             ],
             rows,
-            "From the arm's own mean tokens per image on the compared items. Prices are data "
+            "From the arm's own mean tokens per image on the compared items. 'tokens only' leaves "
+            "out training and hosting; 'all costs' is the monthly cost at --volume (training "
+            "amortised, hosting, tokens) over the correct predictions a month. Prices are data "
             "(pricing.json or --pricing): check their date.",
         )
     ]
@@ -295,6 +322,10 @@ def cost_tables(m: dict[str, Any]) -> list[Table]:
             "never": "never cheaper",
             "always": "cheaper or equal at any volume",
         }[kind]
+        if kind == "above" and be.get("far_beyond_volume"):
+            where += f" ({be['times_volume']:,.0f}x --volume: in practice never)"
+        if be.get("training_unknown"):
+            where += " (training cost unknown, left out)"
         rows.append(
             [
                 m["arms"][name]["display"],
@@ -309,7 +340,7 @@ def cost_tables(m: dict[str, Any]) -> list[Table]:
     if rows:
         tables.append(
             Table(
-                f"Monthly cost at {count(cost['volume_per_month'])} images a month against "
+                f"Monthly cost at {volume} images a month, served {cost['serving']}, against "
                 f"{m['arms'][m['baseline']]['display']}",
                 [
                     "arm",

@@ -34,13 +34,31 @@ def count(x: float | None) -> str:
     return "n/a" if x is None else f"{x:,.0f}"
 
 
+def approx_count(x: float) -> str:
+    """A large count in words, two significant figures: ~1.9 billion, ~63 million."""
+    for size, word in ((1e12, "trillion"), (1e9, "billion"), (1e6, "million")):
+        if x >= size:
+            v = x / size
+            return f"~{v:.1f} {word}" if v < 10 else f"~{v:,.0f} {word}"
+    return f"~{x:,.0f}"
+
+
+def times(x: float) -> str:
+    """A ratio to three significant figures: 186,166 -> 186,000."""
+    return f"{float(f'{x:.3g}'):,.0f}"
+
+
+INVALID_WARN = 0.05
+"""An arm whose share of answers that are not a label reaches this gets a sentence of its own."""
+CHANCE_P = 0.05
+
+
 def verdict(metrics: dict[str, Any]) -> dict[str, Any]:
     """Sentences for each arm against the baseline, and where each number comes from."""
     arms = metrics["arms"]
     base = metrics["baseline"]
     b = arms[base]
-    volume = metrics["cost"]["volume_per_month"]
-    months = metrics["cost"]["months"]
+    cost = metrics["cost"]
     text: list[str] = []
     sources: dict[str, str] = {}
     if any(a["emulated"] for a in arms.values()):
@@ -57,46 +75,88 @@ def verdict(metrics: dict[str, Any]) -> dict[str, Any]:
         sources |= {"accuracy": f"arms.{base}.accuracy", "ci": f"arms.{base}.accuracy_ci"}
     for name, c in metrics["comparisons"].items():
         a = arms[name]
-        d = c["delta_accuracy"]
-        lo, hi = c["delta_ci"]
-        m = c["mcnemar"]
-        gains = f"{'gains' if d >= 0 else 'loses'} {pp(d)} accuracy"
-        stats = f"95% CI {pp(lo)} to {pp(hi)}, McNemar {pval(m['p_value'])}"
-        if a["fine_tuned"]:
-            s = f"Fine-tuning {gains} ({stats}): {a['display']} against {b['display']}, "
-        else:
-            s = f"{a['display']} {gains} over {b['display']} ({stats}): "
-        s += (
-            f"{pct(b['accuracy'])} to {pct(a['accuracy'])} on {c['n']} test items, "
-            f"{m['fixed']} items fixed and {m['broken']} broken."
-        )
-        if lo <= 0 <= hi:
-            s += " The interval includes zero: on these items the difference may be chance."
-        text.append(s)
+        text.append(_accuracy_sentence(a, b, c))
         sources |= {
             f"{name}.delta": f"comparisons.{name}.delta_accuracy",
             f"{name}.ci": f"comparisons.{name}.delta_ci",
             f"{name}.p": f"comparisons.{name}.mcnemar.p_value",
+            f"{name}.fixed": f"comparisons.{name}.mcnemar.fixed",
+            f"{name}.broken": f"comparisons.{name}.mcnemar.broken",
             f"{name}.accuracy": f"arms.{name}.accuracy",
+            f"{name}.baseline_accuracy": f"arms.{base}.accuracy",
+            f"{name}.n": f"comparisons.{name}.n",
         }
-        be = metrics["cost"]["break_even"].get(name)
+        be = cost["break_even"].get(name)
         if be:
-            text.append(_cost_sentence(a, b, be, d, volume, months))
-            sources[f"{name}.cost"] = f"cost.break_even.{name}"
+            text.append(_cost_sentence(a, b, be, cost))
+            sources |= {
+                f"{name}.cost": f"cost.break_even.{name}",
+                f"{name}.serving": "cost.serving",
+                f"{name}.volume": "cost.volume_per_month",
+            }
+            if be.get("usd_per_error_avoided") is not None:
+                sources[f"{name}.usd_per_error_avoided"] = (
+                    f"cost.break_even.{name}.usd_per_error_avoided"
+                )
+            if a["cost"].get("training_usd"):
+                sources[f"{name}.training"] = f"arms.{name}.cost.training_usd"
+            if a["cost"].get("hosting_per_hour"):
+                sources[f"{name}.hosting"] = f"arms.{name}.cost.hosting_per_hour"
         else:
             missing = a["cost"]["error"] or b["cost"]["error"]
             text.append(f"Cost not compared: {missing}.")
+    for name, a in arms.items():
+        rate = a.get("invalid_rate")
+        if rate is not None and rate >= INVALID_WARN:
+            text.append(
+                f"{a['display']}: {pct(rate, 1)} of its answers ({a['invalid']} of {a['n']}) "
+                "were not one of the labels; they count as wrong. Read their raw answers in "
+                "predictions.csv: the prompt or the answer format may be at fault rather than "
+                "the model's eye."
+            )
+            sources[f"{name}.invalid_rate"] = f"arms.{name}.invalid_rate"
     return {"text": text, "sources": sources}
 
 
+def _accuracy_sentence(a: dict[str, Any], b: dict[str, Any], c: dict[str, Any]) -> str:
+    d = c["delta_accuracy"]
+    lo, hi = c["delta_ci"]
+    m = c["mcnemar"]
+    if d > 0:
+        change = f"gains {pp(d)} accuracy"
+    elif d < 0:
+        change = f"loses {pp(abs(d)).lstrip('+')} accuracy"
+    else:
+        change = "changes accuracy by 0.0 pp"
+    stats = f"exact 95% CI {pp(lo)} to {pp(hi)}, McNemar {pval(m['p_value'])}"
+    if a["fine_tuned"] and not b["fine_tuned"]:
+        s = f"Fine-tuning {change} ({stats}): {a['display']} against {b['display']}, "
+    else:
+        s = f"{a['display']} {change} against {b['display']} ({stats}): "
+    s += (
+        f"{pct(b['accuracy'])} to {pct(a['accuracy'])} on {c['n']} test items, "
+        f"{m['fixed']} {_items(m['fixed'])} fixed and {m['broken']} broken."
+    )
+    intervals = [c["delta_ci"], c.get("delta_ci_bootstrap") or c["delta_ci"]]
+    reasons = []
+    if m["p_value"] >= CHANCE_P:
+        reasons.append(f"McNemar p is {m['p_value']:.2g}, not below {CHANCE_P:g}")
+    if any(x <= 0 <= y for x, y in intervals):
+        reasons.append("the interval includes zero")
+    if reasons:
+        why = " and ".join(reasons)
+        s += f" {why[0].upper()}{why[1:]}: on these items the difference may be chance."
+    return s
+
+
+def _items(k: int) -> str:
+    return "item" if k == 1 else "items"
+
+
 def _cost_sentence(
-    a: dict[str, Any],
-    b: dict[str, Any],
-    be: dict[str, Any],
-    delta: float,
-    volume: float,
-    months: float,
+    a: dict[str, Any], b: dict[str, Any], be: dict[str, Any], cost: dict[str, Any]
 ) -> str:
+    volume, months, serving = cost["volume_per_month"], cost["months"], cost["serving"]
     extra = be["extra_monthly_usd_at_volume"]
     ca = a["cost"]
     fixed = []
@@ -104,26 +164,45 @@ def _cost_sentence(
         fixed.append(f"training {usd(ca['training_usd'])} amortised over {months:g} months")
     if ca.get("hosting_per_hour"):
         fixed.append(f"hosting {usd(ca['hosting_per_hour'])}/h")
-    s = (
-        f"At {count(volume)} images a month it costs {usd(abs(extra))} "
+    fallback = [x["display"] for x in (a, b) if x["cost"].get("serving_mode", serving) != serving]
+    s = "Served realtime" if serving == "realtime" else "Served through the Batch API"
+    s += (
+        f", at {count(volume)} images a month it costs {usd(abs(extra))} "
         f"{'more' if extra >= 0 else 'less'} ({usd(be['monthly_usd_at_volume'])} vs "
         f"{usd(be['baseline_monthly_usd_at_volume'])} a month"
         + (f"; {', '.join(fixed)}" if fixed else "")
         + "); "
     )
     kind, point = be["kind"], be["volume_per_month"]
-    if kind == "above":
+    if kind == "above" and be.get("far_beyond_volume"):
+        s += (
+            f"it pays for itself only above {approx_count(point)} images a month, "
+            f"{times(be['times_volume'])}× your volume: in practice never."
+        )
+    elif kind == "above":
         s += f"it pays for itself above {count(point)} images a month."
     elif kind == "below":
         s += f"it is the cheaper arm only below {count(point)} images a month."
     elif kind == "never":
         s += f"it never costs less than {b['display']}, at any volume"
-        if delta > 0 and extra > 0:
+        per_error = be.get("usd_per_error_avoided")
+        if per_error is not None:
             s += (
-                f"; it is worth it if each error avoided is worth more than "
-                f"{usd(extra / (delta * volume))} to you"
+                f"; it is worth it if each error avoided is worth more than {usd(per_error)} to you"
             )
         s += "."
     else:
         s += f"it costs no more than {b['display']} at any volume."
+    if fallback:
+        s += (
+            f" Note: {' and '.join(fallback)} cannot be served through the Batch API and "
+            f"{'is' if len(fallback) == 1 else 'are'} priced realtime."
+        )
+    if be.get("training_unknown"):
+        who = [x["display"] for x in (a, b) if x["cost"].get("training_usd") is None]
+        s += (
+            f" The training cost of {' and '.join(who)} is unknown (no trained_tokens recorded) "
+            "and is left out: the real monthly cost is higher"
+            + (", and so is the break-even." if kind == "above" else ".")
+        )
     return s
