@@ -1,11 +1,17 @@
-"""Image and tree generators for the `prepare` tests: every file is made here with Pillow."""
+"""Image and tree generators for the `prepare` tests (every file is made here with Pillow), and
+helpers that look at a prepared folder."""
 
 from __future__ import annotations
 
+import hashlib
 import random
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
+
+from vlm_classify.dataset.manifest import read_manifest
+from vlm_classify.dataset.outdir import OWNER_MARK
 
 _ORIENTATION = 0x0112
 
@@ -75,3 +81,42 @@ def truncated_jpeg(path: Path, seed: int = 99) -> Path:
     data = full.read_bytes()
     full.write_bytes(data[: len(data) // 2])
     return full
+
+
+# --- looking at a prepared folder ----------------------------------------------------------
+
+
+def image_files(out: Path) -> set[str]:
+    """Every file under out/images/ (hidden ones too) but the owner mark."""
+    return {
+        p.relative_to(out).as_posix()
+        for p in (out / "images").rglob("*")
+        if p.is_file() and p.name != OWNER_MARK
+    }
+
+
+def listed(out: Path) -> set[str]:
+    """The image paths the manifest lists."""
+    return {r.image_path for r in read_manifest(out)}
+
+
+def with_other_class(src: Path, count: int = 4, folder: str = "zz_other") -> Path:
+    """Add a second class of distinct images (a classifier needs two) and return `src`."""
+    return make_tree(src, {folder: count}, seed0=10_000)
+
+
+def rows_of(out: Path, folder: str) -> list[Any]:
+    """Manifest rows of one class folder."""
+    return [r for r in read_manifest(out) if r.source_path.startswith(f"{folder}/")]
+
+
+def snapshot(out: Path) -> dict[str, str]:
+    """sha256 of the kept outputs and of every image the manifest lists (checked against it)."""
+    sums = {
+        name: hashlib.sha256((out / name).read_bytes()).hexdigest()
+        for name in ("manifest.csv", "labels.txt", "prepare-report.json")
+    }
+    for row in read_manifest(out):
+        sums[row.image_path] = hashlib.sha256((out / row.image_path).read_bytes()).hexdigest()
+        assert sums[row.image_path] == row.image_sha256, row.image_path
+    return sums

@@ -11,12 +11,17 @@ from PIL import Image
 
 from dataset_fixtures import (
     exif_rotated,
+    image_files,
     jpeg,
+    listed,
     make_tree,
     rgb_image,
     rgba_png,
+    rows_of,
     save,
+    snapshot,
     truncated_jpeg,
+    with_other_class,
 )
 from vlm_classify.dataset import prepare as prepare_mod
 from vlm_classify.dataset.manifest import read_labels, read_manifest
@@ -44,7 +49,7 @@ def rows_by_source(out: Path) -> dict[str, Any]:
 
 
 def test_bad_files_are_skipped_with_reasons_and_never_counted(tmp_path: Path) -> None:
-    src = make_tree(tmp_path / "src", {"n02085620-Chihuahua": 4})
+    src = make_tree(tmp_path / "src", {"n02085620-Chihuahua": 4, "n02088364-beagle": 4})
     cls = src / "n02085620-Chihuahua"
     (cls / "a_empty.jpg").write_bytes(b"")
     truncated_jpeg(cls / "a_truncated.jpg")
@@ -59,11 +64,11 @@ def test_bad_files_are_skipped_with_reasons_and_never_counted(tmp_path: Path) ->
     assert why["n02085620-Chihuahua/readme.txt"].startswith("not an image file")
     assert not any(".hidden" in p for p in why)
     assert any("hidden" in n for n in result.notes)
-    rows = read_manifest(tmp_path / "out")
+    rows = rows_of(tmp_path / "out", "n02085620-Chihuahua")
     assert len(rows) == 4 and all(
         r.source_path.startswith("n02085620-Chihuahua/img_") for r in rows
     )
-    assert result.counts == {"train": 2, "val": 1, "test": 1}
+    assert result.per_class["Chihuahua"] == {"train": 2, "val": 1, "test": 1}
 
 
 @pytest.mark.parametrize(
@@ -78,10 +83,10 @@ def test_bad_files_are_skipped_with_reasons_and_never_counted(tmp_path: Path) ->
     ],
 )
 def test_every_mode_becomes_an_rgb_jpeg(tmp_path: Path, name: str, make: Any) -> None:
-    src = tmp_path / "src"
+    src = with_other_class(tmp_path / "src")
     make(src / "dogs" / name)
     run(src, tmp_path / "out", split=(1, 0, 0))
-    (row,) = read_manifest(tmp_path / "out")
+    (row,) = rows_of(tmp_path / "out", "dogs")
     with Image.open(tmp_path / "out" / row.image_path) as out:
         assert (out.format, out.mode) == ("JPEG", "RGB")
         assert not out.getexif()
@@ -95,8 +100,8 @@ def test_transparency_is_composited_on_white(tmp_path: Path) -> None:
     pal.putpalette([0, 0, 0, 0, 200, 0] + [0] * 762)
     pal.paste(1, (0, 0, 10, 10))
     save(pal, src / "dogs" / "pal.gif", "GIF", transparency=0)
-    run(src, tmp_path / "out", split=(2, 0, 0))
-    for row in read_manifest(tmp_path / "out"):
+    run(with_other_class(src), tmp_path / "out", split=(2, 0, 0))
+    for row in rows_of(tmp_path / "out", "dogs"):
         with Image.open(tmp_path / "out" / row.image_path) as out:
             r, g, b = out.convert("RGB").getpixel((17, 5))
             assert min(r, g, b) > 240, row.source_path  # transparent half is white, not black
@@ -107,8 +112,8 @@ def test_transparency_is_composited_on_white(tmp_path: Path) -> None:
 def test_exif_orientation_is_applied(tmp_path: Path) -> None:
     src = tmp_path / "src"
     exif_rotated(src / "dogs" / "rot.jpg")
-    run(src, tmp_path / "out", split=(1, 0, 0))
-    (row,) = read_manifest(tmp_path / "out")
+    run(with_other_class(src), tmp_path / "out", split=(1, 0, 0))
+    (row,) = rows_of(tmp_path / "out", "dogs")
     assert (row.width, row.height) == (20, 40)  # portrait after rotating 90° clockwise
     with Image.open(tmp_path / "out" / row.image_path) as out:
         assert out.size == (20, 40)
@@ -122,21 +127,21 @@ def test_large_image_is_downscaled_and_small_jpeg_kept_byte_for_byte(tmp_path: P
     src = tmp_path / "src"
     save(rgb_image((400, 300), seed=1), src / "dogs" / "big.jpg", "JPEG", quality=95)
     small = jpeg(src / "dogs" / "small.jpg", seed=2, size=(60, 40))
-    result = run(src, tmp_path / "out", split=(2, 0, 0), max_side=64)
+    result = run(with_other_class(src), tmp_path / "out", split=(2, 0, 0), max_side=64)
     rows = rows_by_source(tmp_path / "out")
     big = rows["dogs/big.jpg"]
     assert (big.width, big.height) == (64, 48)
     kept = rows["dogs/small.jpg"]
     assert (tmp_path / "out" / kept.image_path).read_bytes() == small.read_bytes()
     assert kept.image_sha256 == kept.source_sha256
-    assert result.copied == 1
+    assert result.copied == 1 + 2  # and the two small JPEGs of the other class
 
 
 def test_huge_jpeg_uses_reduced_decoding_and_still_fits(tmp_path: Path) -> None:
     src = tmp_path / "src"
     save(rgb_image((1100, 700), seed=3), src / "dogs" / "huge.jpg", "JPEG", quality=90)
-    run(src, tmp_path / "out", split=(1, 0, 0), max_side=100)
-    (row,) = read_manifest(tmp_path / "out")
+    run(with_other_class(src), tmp_path / "out", split=(1, 0, 0), max_side=100)
+    (row,) = rows_of(tmp_path / "out", "dogs")
     assert (row.width, row.height) == (100, 64)
 
 
@@ -219,25 +224,25 @@ def test_too_few_images_warns_and_strict_fails(tmp_path: Path) -> None:
 
 
 def test_failed_strict_rerun_keeps_the_previous_sample(tmp_path: Path) -> None:
-    src = make_tree(tmp_path / "src", {"beagle": 6})
+    src = make_tree(tmp_path / "src", {"beagle": 6, "borzoi": 6})
     run(src, tmp_path / "out", split=(2, 1, 1))
-    before = (tmp_path / "out/manifest.csv").read_bytes()
-    with pytest.raises(UserError):
+    before = snapshot(tmp_path / "out")
+    with pytest.raises(UserError, match=r"prepare-report\.failed\.json"):
         run(src, tmp_path / "out", split=(6, 1, 1), strict=True, sampling="random")
-    assert (tmp_path / "out/manifest.csv").read_bytes() == before
-    for row in read_manifest(tmp_path / "out"):
-        assert (tmp_path / "out" / row.image_path).is_file()
-    assert len(list((tmp_path / "out/images").rglob("*.jpg"))) == 4
+    assert snapshot(tmp_path / "out") == before
+    assert image_files(tmp_path / "out") == listed(tmp_path / "out")  # its own images taken back
+    failed = json.loads((tmp_path / "out/prepare-report.failed.json").read_text())
+    assert failed["settings"]["strict"] is True
 
 
 def test_notes_for_empty_class_folder_and_stray_file(tmp_path: Path) -> None:
-    src = make_tree(tmp_path / "src", {"beagle": 4})
+    src = with_other_class(make_tree(tmp_path / "src", {"beagle": 4}))
     (src / "empty_breed").mkdir()
     (src / "README.txt").write_text("hello")
     result = run(src, tmp_path / "out")
     assert any("empty class folder empty_breed" in n for n in result.notes)
     assert any("top-level file README.txt" in n for n in result.notes)
-    assert read_labels(tmp_path / "out") == ["beagle"]
+    assert read_labels(tmp_path / "out") == ["beagle", "zz other"]
 
 
 @pytest.mark.parametrize("layout", ["empty", "files-only", "missing"])
@@ -253,7 +258,7 @@ def test_unusable_sources_are_one_line_user_errors(tmp_path: Path, layout: str) 
 
 
 def test_out_inside_source_is_refused(tmp_path: Path) -> None:
-    src = make_tree(tmp_path / "src", {"beagle": 4})
+    src = with_other_class(make_tree(tmp_path / "src", {"beagle": 4}))
     with pytest.raises(UserError, match="inside the source"):
         run(src, src / "prepared")
 
@@ -273,7 +278,7 @@ def test_labels_synsets_and_ids(tmp_path: Path) -> None:
     rows = read_manifest(tmp_path / "out")
     coon = next(r for r in rows if r.label == "Black-And-Tan Coonhound")
     assert coon.synset == "n02089078" and coon.id.startswith("n02089078/")
-    assert coon.image_path == f"images/{coon.id}.jpg"
+    assert coon.image_path == f"images/{coon.id}-{coon.image_sha256[:12]}.jpg"
     golden = {r.id for r in rows if r.label == "golden retriever"}
     assert {"golden-retriever/img_000", "golden-retriever/img_000-2"} <= golden
     assert [r.split for r in rows] == sorted(
@@ -336,14 +341,11 @@ def test_sampling_first_random_and_seed(tmp_path: Path) -> None:
 
 
 def test_rerun_with_smaller_sample_removes_stale_images(tmp_path: Path) -> None:
-    src = make_tree(tmp_path / "src", {"a": 6})
+    src = make_tree(tmp_path / "src", {"a": 6, "b": 4})
     run(src, tmp_path / "out", split=(4, 1, 1))
     result = run(src, tmp_path / "out", split=(2, 1, 1))
-    files = sorted(
-        p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out/images").rglob("*")
-    )
-    assert files == sorted(["images/a", *(r.image_path for r in read_manifest(tmp_path / "out"))])
-    assert any("removed 2" in n for n in result.notes)
+    assert image_files(tmp_path / "out") == listed(tmp_path / "out")
+    assert any("removed 2 file(s)" in n for n in result.notes)
 
 
 def test_worker_processes_give_the_same_manifest(
@@ -381,7 +383,9 @@ def test_report_contents(tmp_path: Path) -> None:
 def test_stanford_dogs_word_uses_the_downloader(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    extracted = make_tree(tmp_path / "cache" / "Images", {"n02085620-Chihuahua": 4}).parent
+    extracted = make_tree(
+        tmp_path / "cache" / "Images", {"n02085620-Chihuahua": 4, "n02088364-beagle": 4}
+    ).parent
     seen: dict[str, Any] = {}
 
     def fake_download(cache_dir: Path | None, **kwargs: Any) -> Path:
@@ -392,12 +396,15 @@ def test_stanford_dogs_word_uses_the_downloader(
     monkeypatch.setattr(prepare_mod, "download_stanford_dogs", fake_download)
     result = run("stanford-dogs", tmp_path / "out", cache_dir=tmp_path / "c")  # type: ignore[arg-type]
     assert seen["cache_dir"] == tmp_path / "c"
-    assert result.layout == "stanford-dogs" and result.counts["train"] == 2
+    assert result.layout == "stanford-dogs" and result.counts["train"] == 4
 
 
 def test_options_validation() -> None:
-    with pytest.raises(ValueError, match="disagrees"):
+    with pytest.raises(ValueError, match=r"disagrees.*such as 8,1,1"):
         PrepareOptions(per_class=10, split=(40, 5, 5))
+    assert PrepareOptions(per_class=10).split == (8, 1, 1)  # alone, per-class gives 80/10/10
+    assert PrepareOptions(per_class=10, split=None).split == (8, 1, 1)  # type: ignore[arg-type]
+    assert PrepareOptions(split=None).split == (40, 5, 5)  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         PrepareOptions(split=(-1, 5, 5))
     with pytest.raises(ValueError):

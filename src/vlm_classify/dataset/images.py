@@ -1,7 +1,8 @@
 """Validate and normalise one image: fully decode it, make it RGB, upright and small, write a JPEG.
 
 These functions run in worker processes, so they take and return small picklable records,
-never pixel data.
+never pixel data. A prepared file's name ends with a prefix of its sha256 (`content_path`), so
+different bytes never share a path: a rerun never overwrites a file an earlier manifest lists.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 JPEG_QUALITY = 90
 """Quality of re-encoded images: visually lossless for classification, a fraction of the bytes."""
 
+NAME_HASH_CHARS = 12
+"""Hex digits of the content hash in a prepared file's name (48 bits: no collision in practice)."""
+
 _ORIENTATION = 0x0112
 _WHITE = (255, 255, 255)
 
@@ -28,7 +32,8 @@ class ImageTask:
     """One file to validate and normalise, and where its prepared JPEG goes."""
 
     src: str
-    dest: str
+    dest_base: str
+    """The prepared file's path without its content hash and suffix (see `content_path`)."""
     max_side: int
 
 
@@ -47,7 +52,7 @@ class ImageResult:
     kept: bool = False
     """The source was already a small upright RGB JPEG and was copied byte for byte."""
     written: bool = False
-    """False when an identical file was already at `dest` (a rerun writes nothing)."""
+    """False when an identical file was already there (a rerun writes nothing)."""
 
 
 def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
@@ -57,6 +62,11 @@ def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def content_path(base: str, digest: str) -> str:
+    """`<base>-<first 12 hex digits of the sha256>.jpg`: the name of a prepared file."""
+    return f"{base}-{digest[:NAME_HASH_CHARS]}.jpg"
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -95,21 +105,29 @@ def _fitted(size: tuple[int, int], max_side: int) -> tuple[int, int]:
 
 
 def _write_once(dest: Path, data: bytes, digest: str) -> bool:
-    """Write `data` atomically unless `dest` already holds exactly it; True when written."""
+    """Write `data` atomically unless `dest` already holds exactly it; True when written.
+
+    `dest` is named after `digest`, so whatever it held before was meant to be these bytes: a
+    missing or damaged file is (re)written, never a different image replaced.
+    """
     try:
         if dest.stat().st_size == len(data) and sha256_file(dest) == digest:
             return False
-    except FileNotFoundError:
+    except OSError:  # missing, or unreadable: writing below says what is wrong, if anything
         pass
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, dest)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return True
 
 
 def process_image(task: ImageTask) -> ImageResult:
-    """Decode `task.src` fully, normalise it and write the prepared JPEG to `task.dest`.
+    """Decode `task.src` fully, normalise it and write the prepared JPEG next to `task.dest_base`.
 
     An RGB JPEG within `max_side` with no EXIF rotation is copied byte for byte; anything else is
     converted to RGB, turned upright, shrunk (LANCZOS) and saved at quality 90 without EXIF.
@@ -162,7 +180,8 @@ def process_image(task: ImageTask) -> ImageResult:
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as e:
         return ImageResult(task.src, False, f"corrupt or truncated image: {e}")
     digest = hashlib.sha256(out).hexdigest()
-    written = _write_once(Path(task.dest), out, digest)  # an OSError here is the output's fault
+    dest = Path(content_path(task.dest_base, digest))
+    written = _write_once(dest, out, digest)  # an OSError here is the output's fault
     return ImageResult(
         task.src,
         True,

@@ -3,13 +3,13 @@
 Flow: discover the tree, hash every candidate file (cheap, finds exact copies anywhere), then per
 class decode candidates in sampling order until enough usable images are found (in worker
 processes, which write the prepared JPEGs and return only small records), check that no image
-sits in two splits, and write `manifest.csv`, `labels.txt` and `prepare-report.json`.
+sits in two splits, and commit `manifest.csv`, `labels.txt` and `prepare-report.json`. Prepared
+images have content-hashed names, so a run that fails or is interrupted leaves the previous
+sample exactly as it was (see `outdir`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
 import multiprocessing
 import os
@@ -20,6 +20,7 @@ from concurrent.futures import (
     ProcessPoolExecutor,
     ThreadPoolExecutor,
     as_completed,
+    wait,
 )
 from pathlib import Path
 from time import perf_counter
@@ -30,14 +31,25 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ..errors import UserError
 from .download import download_stanford_dogs
 from .images import ImageTask, process_batch, sha256_file
-from .manifest import LABELS_NAME, MANIFEST_NAME, SPLITS, ManifestRow, read_manifest, write_manifest
+from .manifest import LABELS_NAME, MANIFEST_NAME, SPLITS, ManifestRow
+from .outdir import (
+    FAILED_REPORT_NAME,
+    IMAGES_DIR,
+    REPORT_NAME,
+    check_out,
+    claim,
+    commit,
+    listed_images,
+    remove_files,
+    unlisted_files,
+    write_report,
+)
 from .selection import Candidate, Selection
-from .sources import SourceTree, discover
-from .splits import Sampling, assign_splits, sampling_order
+from .sources import SourceTree, discover, shown
+from .splits import Sampling, assign_splits, sampling_order, suggest_split
 
-REPORT_NAME = "prepare-report.json"
-IMAGES_DIR = "images"
 STANFORD_DOGS = "stanford-dogs"
+DEFAULT_SPLIT = (40, 5, 5)
 
 POOL_MIN_IMAGES = 256
 """Below this many images in a wave, decode in-process: starting worker processes costs more."""
@@ -46,14 +58,21 @@ ProgressFn = Callable[[str, int, int], None]
 """Called with (phase, done, total); phases: `download` (bytes), `extract`, `hash`, `images`."""
 
 
+def default_workers() -> int:
+    """The CPUs this process may run on (a container's quota, not the host's count)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
 class PrepareOptions(BaseModel):
-    """Settings of one `prepare` run; saved in the report."""
+    """Settings of one `prepare` run; saved in the report. The one place they are validated."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     per_class: int | None = Field(default=None, ge=1)
-    """Images per class; defaults to the sum of `split` and must equal it when given."""
-    split: tuple[int, int, int] = (40, 5, 5)
+    """Images per class; defaults to the sum of `split`. Alone, it gives an 80/10/10 split."""
+    split: tuple[int, int, int] = DEFAULT_SPLIT
     """Images per class for train, val and test, in that order."""
     sampling: Sampling = "first"
     """`first`: the first usable files by sorted path (the original study); `random`: seeded shuffle."""
@@ -64,9 +83,21 @@ class PrepareOptions(BaseModel):
     strict: bool = False
     """Fail instead of warning when a class has fewer usable images than `per_class`."""
     workers: int | None = Field(default=None, ge=1)
-    """Worker processes for decoding; defaults to the number of CPUs. 1 runs everything in-process."""
+    """Worker processes for decoding; defaults to the CPUs available. 1 runs everything in-process."""
     cache_dir: Path | None = None
     """Where `stanford-dogs` is downloaded; defaults to the user cache dir of vlm-classify."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derive_split(cls, data: Any) -> Any:
+        """No split (or None) with a per-class count: the original study's 80/10/10 of it."""
+        if not isinstance(data, dict) or data.get("split") is not None:
+            return data
+        data = {k: v for k, v in data.items() if k != "split"}
+        n = data.get("per_class")
+        if isinstance(n, int) and not isinstance(n, bool) and n >= 1:
+            data["split"] = suggest_split(n)
+        return data
 
     @field_validator("split")
     @classmethod
@@ -78,9 +109,11 @@ class PrepareOptions(BaseModel):
     @model_validator(mode="after")
     def _per_class_matches(self) -> PrepareOptions:
         if self.per_class is not None and self.per_class != sum(self.split):
+            hint = ",".join(map(str, suggest_split(self.per_class)))
             raise ValueError(
                 f"per-class {self.per_class} disagrees with split {','.join(map(str, self.split))} "
-                f"(sum {sum(self.split)}): give a split that sums to {self.per_class}, or leave out per-class"
+                f"(sum {sum(self.split)}): give a split that sums to {self.per_class}, such as "
+                f"{hint}, or leave out the split (it is then {hint})"
             )
         return self
 
@@ -105,12 +138,17 @@ class PrepareResult(BaseModel):
     labels_path: Path
     report_path: Path
     source_root: Path
+    """Absolute path of the folder whose sub-folders are the classes."""
     layout: str
     classes: int
     counts: dict[str, int]
     """Images per split."""
     per_class: dict[str, dict[str, int]]
     """Per label: images per split."""
+    wanted: int
+    """Images wanted per class."""
+    short_classes: dict[str, int]
+    """Classes with fewer usable images than wanted, and how many they have."""
     skipped: list[SkippedFile]
     duplicates: list[dict[str, Any]]
     leakage: list[dict[str, Any]]
@@ -137,17 +175,6 @@ def _resolve_source(
     return Path(source).expanduser()
 
 
-def _check_out(out: Path, root: Path) -> None:
-    """Refuse an output folder that overlaps the source (a rerun would read its own output)."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file: pass a folder (it will be created)")
-    o, r = out.resolve(), root.resolve()
-    if o == r or r in o.parents:
-        raise UserError(f"--out {out} is inside the source {root}: choose a folder outside it")
-    if (o / IMAGES_DIR) == r or (o / IMAGES_DIR) in r.parents:
-        raise UserError(f"the source {root} is inside {out / IMAGES_DIR}: choose another --out")
-
-
 def _hash_file(path: Path) -> tuple[str, str]:
     """(sha256, error) of a file; empty and unreadable files get an error instead of a hash."""
     try:
@@ -159,14 +186,22 @@ def _hash_file(path: Path) -> tuple[str, str]:
 
 
 def _hash_all(cands: list[Candidate], workers: int, progress: ProgressFn | None) -> None:
-    """Hash every candidate's bytes with threads (hashlib releases the GIL on large buffers)."""
-    with ThreadPoolExecutor(max_workers=max(2, 2 * workers)) as pool:
+    """Hash every candidate's bytes with threads (hashlib releases the GIL on large buffers).
+
+    An interrupt cancels the hashes not yet started instead of waiting for all of them.
+    """
+    pool = ThreadPoolExecutor(max_workers=max(2, 2 * workers))
+    try:
         for i, (c, (sha, err)) in enumerate(
             zip(cands, pool.map(_hash_file, [c.src for c in cands]), strict=True), 1
         ):
             c.sha256, c.error = sha, err
             if progress and (i % 64 == 0 or i == len(cands)):
                 progress("hash", i, len(cands))
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
 
 
 def _decode(
@@ -177,33 +212,45 @@ def _decode(
     max_side: int,
     on_done: Callable[[int], None],
 ) -> None:
-    """Decode and write a wave of candidates, in chunks across worker processes (or inline)."""
-    tasks = [ImageTask(str(c.src), str(out / c.image_path), max_side) for c in wave]
-    if pool is None:
-        for c, t in zip(wave, tasks, strict=True):
-            c.result = process_batch([t])[0]
-            on_done(1)
-        return
-    size = max(1, min(32, math.ceil(len(tasks) / (workers * 8))))
-    futures: dict[Future[Any], int] = {
-        pool.submit(process_batch, tasks[i : i + size]): i for i in range(0, len(tasks), size)
-    }
+    """Decode and write a wave of candidates, in chunks across worker processes (or inline).
+
+    An OSError can only come from writing the output (reading a source is a skip reason), so it
+    becomes one UserError here, whichever way the wave ran.
+    """
+    tasks = [ImageTask(str(c.src), str(out / c.image_base), max_side) for c in wave]
     try:
-        for fut in as_completed(futures):
-            start = futures[fut]
-            try:
+        if pool is None:
+            for c, t in zip(wave, tasks, strict=True):
+                c.result = process_batch([t])[0]
+                on_done(1)
+            return
+        size = max(1, min(32, math.ceil(len(tasks) / (workers * 8))))
+        futures: dict[Future[Any], int] = {
+            pool.submit(process_batch, tasks[i : i + size]): i for i in range(0, len(tasks), size)
+        }
+        try:
+            for fut in as_completed(futures):
+                start = futures[fut]
                 results = fut.result()
-            except OSError as e:
-                raise UserError(
-                    f"cannot write prepared images under {out}: {e}; check space and permissions"
-                ) from None
-            for j, r in enumerate(results):
-                wave[start + j].result = r
-            on_done(len(results))
-    except BaseException:
-        for fut in futures:
-            fut.cancel()
-        raise
+                for j, r in enumerate(results):
+                    wave[start + j].result = r
+                on_done(len(results))
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            # Chunks already running still write their images: wait for them (shutdown would
+            # anyway) and keep their records, so the caller can take those files back.
+            wait(futures)
+            for fut, start in futures.items():
+                if not fut.cancelled() and fut.exception() is None:
+                    for j, r in enumerate(fut.result()):
+                        wave[start + j].result = r
+            raise
+    except OSError as e:
+        raise UserError(
+            f"cannot write prepared images under {shown(out / IMAGES_DIR)} ({e.strerror or e}): "
+            "check space and permissions"
+        ) from None
 
 
 def _candidates(tree: SourceTree, options: PrepareOptions) -> list[list[Candidate]]:
@@ -216,7 +263,7 @@ def _candidates(tree: SourceTree, options: PrepareOptions) -> list[list[Candidat
                 f.rel,
                 tree.root / f.rel,
                 f"{cls.key}/{f.stem}",
-                f"{IMAGES_DIR}/{cls.key}/{f.stem}.jpg",
+                f"{IMAGES_DIR}/{cls.key}/{f.stem}",
             )
             for f in cls.files
         ]
@@ -239,25 +286,58 @@ def _leakage(rows: list[tuple[str, Candidate]]) -> list[dict[str, Any]]:
     ]
 
 
-def _previous_images(out: Path) -> set[str]:
-    """Image paths listed by an earlier run's manifest: the only files a rerun may remove."""
+def _decode_all(
+    selection: Selection,
+    tried: list[Candidate],
+    workers: int,
+    out: Path,
+    options: PrepareOptions,
+    progress: ProgressFn | None,
+) -> None:
+    """Decode waves until every class has enough usable images or runs out of candidates."""
+    done, total = 0, 0
+
+    def on_done(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress:
+            progress("images", done, total)
+
+    pool: Executor | None = None
     try:
-        return {r.image_path for r in read_manifest(out)}
-    except Exception:
-        return set()
+        while wave := selection.next_wave():
+            total += len(wave)
+            tried.extend(wave)
+            if pool is None and workers > 1 and len(wave) >= POOL_MIN_IMAGES:
+                pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+            _decode(wave, pool, workers, out, options.max_side, on_done)
+            selection.record(wave)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _remove(out: Path, rels: set[str]) -> int:
-    """Delete prepared images no longer in the sample; returns how many were removed."""
-    removed = 0
-    for rel in sorted(rels):
-        path = out / rel
-        if path.is_file():
-            path.unlink()
-            removed += 1
-            with contextlib.suppress(OSError):  # removes the class folder only once it is empty
-                path.parent.rmdir()
-    return removed
+def _problem(result: PrepareResult, options: PrepareOptions) -> str:
+    """Why this sample must not replace the previous one ("" when it may)."""
+    usable = [label for label, c in result.per_class.items() if sum(c.values())]
+    if not usable:
+        return (
+            f"no usable images under {shown(result.source_root)}: all "
+            f"{len(result.skipped)} candidate file(s) were skipped; check the reasons"
+        )
+    if len(usable) < 2:
+        return (
+            f"only one class ({usable[0]}) has usable images: a classifier needs at least two "
+            "classes; fix or add images in the others"
+        )
+    short = [f"{label}: {n}" for label, n in result.short_classes.items()]
+    if short and options.strict:
+        more = f" and {len(short) - 5} more" if len(short) > 5 else ""
+        return (
+            f"{len(short)} class(es) have fewer than {options.count} usable images "
+            f"({'; '.join(short[:5])}{more}): lower --split or drop --strict"
+        )
+    return ""
 
 
 def prepare(
@@ -270,120 +350,119 @@ def prepare(
     """Sample, validate, normalise and split a source tree into `out`; see the module docstring.
 
     A class with fewer usable images than wanted keeps all it has, filling test, then val, then
-    train (see `splits.split_counts`), with a warning, or a UserError under `strict`.
+    train (see `splits.split_counts`), with a warning, or a UserError under `strict`. No usable
+    images, or only one class with any, is a UserError. Whenever a UserError or an interrupt
+    ends a run, the previous manifest, labels, report and every image they list are unchanged.
     """
     options = options or PrepareOptions()
     timings: dict[str, float] = {}
     t0 = perf_counter()
     tree = discover(_resolve_source(source, options, progress))
     out = Path(out).expanduser()
-    _check_out(out, tree.root)
-    out.mkdir(parents=True, exist_ok=True)
-    previous = _previous_images(out)
-    workers = options.workers or os.cpu_count() or 1
+    check_out(out, tree.root, tree.layout)
+    claim(out)
+    previous = listed_images(out)
+    workers = options.workers or default_workers()
     orders = _candidates(tree, options)
     timings["discover_s"] = perf_counter() - t0
 
-    t = perf_counter()
-    _hash_all([c for cands in orders for c in cands], workers, progress)
-    timings["hash_s"] = perf_counter() - t
-
-    t = perf_counter()
-    labels = [cls.label for cls in tree.classes]
-    selection = Selection(orders, labels, options.count)
-    done, total = 0, 0
-
-    def on_done(n: int) -> None:
-        nonlocal done
-        done += n
-        if progress:
-            progress("images", done, total)
-
-    pool: Executor | None = None
-    decoded: list[Candidate] = []
+    tried: list[Candidate] = []
+    stale: list[Path] = []
+    committed = False
     try:
-        while wave := selection.next_wave():
-            total += len(wave)
-            if pool is None and workers > 1 and len(wave) >= POOL_MIN_IMAGES:
-                pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-            _decode(wave, pool, workers, out, options.max_side, on_done)
-            selection.record(wave)
-            decoded.extend(wave)
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-    chosen, skips = selection.finish()
-    timings["images_s"] = perf_counter() - t
+        t = perf_counter()
+        _hash_all([c for cands in orders for c in cands], workers, progress)
+        timings["hash_s"] = perf_counter() - t
 
-    rows, placed, per_class, warnings, short = _build_rows(tree, chosen, options)
-    all_skips = sorted(
-        [SkippedFile(path=rel, reason=why) for rel, why in tree.skipped]
-        + [SkippedFile(path=c.rel, reason=why) for c, why in skips],
-        key=lambda s: s.path,
-    )
-    failed = bool(short and options.strict)
-    kept = {row.image_path for row in rows}
-    if not failed:
-        write_manifest(out / MANIFEST_NAME, rows)
-        labels_txt = sorted(k for k, v in per_class.items() if sum(v.values()))
-        (out / LABELS_NAME).write_text("".join(f"{x}\n" for x in labels_txt), encoding="utf-8")
-    # Only files this tool wrote are ever removed; a failed run keeps the previous sample whole.
-    written_now = {c.image_path for c in decoded}
-    removed = _remove(out, written_now - previous if failed else (written_now | previous) - kept)
-    timings["total_s"] = perf_counter() - t0
-    result = PrepareResult(
-        out_dir=out,
-        manifest_path=out / MANIFEST_NAME,
-        labels_path=out / LABELS_NAME,
-        report_path=out / REPORT_NAME,
-        source_root=tree.root,
-        layout=tree.layout,
-        classes=sum(1 for v in per_class.values() if sum(v.values())),
-        counts={s: sum(1 for row in rows if row.split == s) for s in SPLITS},
-        per_class=per_class,
-        skipped=all_skips,
-        duplicates=selection.duplicates,
-        leakage=_leakage(placed),
-        warnings=warnings,
-        notes=[
-            *tree.notes,
-            *([f"removed {removed} prepared image(s) no longer in the sample"] if removed else []),
-        ],
-        decoded=sum(1 for c in decoded if c.result and c.result.ok),
-        written=sum(1 for c in decoded if c.result and c.result.written),
-        copied=sum(1 for _, c in placed if c.result and c.result.kept),
-        timings={k: round(v, 3) for k, v in timings.items()},
-        images_per_s=round(len(decoded) / timings["total_s"], 1) if timings["total_s"] else 0.0,
-    )
-    _write_report(result, options, str(source))
-    if failed:
-        more = f" and {len(short) - 5} more" if len(short) > 5 else ""
-        raise UserError(
-            f"{len(short)} class(es) have fewer than {options.count} usable images "
-            f"({'; '.join(short[:5])}{more}): lower --split or drop --strict "
-            f"(details in {result.report_path})"
+        t = perf_counter()
+        selection = Selection(orders, [cls.label for cls in tree.classes], options.count)
+        _decode_all(selection, tried, workers, out, options, progress)
+        chosen, skips = selection.finish()
+        timings["images_s"] = perf_counter() - t
+
+        rows, placed, per_class, warnings, short = _build_rows(tree, chosen, options)
+        decoded = [c for c in tried if c.result is not None]
+        result = PrepareResult(
+            out_dir=out,
+            manifest_path=out / MANIFEST_NAME,
+            labels_path=out / LABELS_NAME,
+            report_path=out / REPORT_NAME,
+            source_root=tree.root.absolute(),
+            layout=tree.layout,
+            classes=sum(1 for v in per_class.values() if sum(v.values())),
+            counts={s: sum(1 for row in rows if row.split == s) for s in SPLITS},
+            per_class=per_class,
+            wanted=options.count,
+            short_classes=short,
+            skipped=sorted(
+                [SkippedFile(path=rel, reason=why) for rel, why in tree.skipped]
+                + [SkippedFile(path=c.rel, reason=why) for c, why in skips],
+                key=lambda s: s.path,
+            ),
+            duplicates=selection.duplicates,
+            leakage=_leakage(placed),
+            warnings=warnings,
+            notes=list(tree.notes),
+            decoded=sum(1 for c in decoded if c.result and c.result.ok),
+            written=sum(1 for c in decoded if c.result and c.result.written),
+            copied=sum(1 for _, c in placed if c.result and c.result.kept),
+            timings={},
+            images_per_s=0.0,
         )
+        problem = _problem(result, options)
+        kept = {row.image_path for row in rows}
+        if not problem:
+            stale = unlisted_files(out, kept)
+        if stale:
+            result.notes.append(
+                f"removed {len(stale)} file(s) under {IMAGES_DIR}/ that the manifest does not list"
+            )
+        total_s = perf_counter() - t0
+        result.timings = {k: round(v, 3) for k, v in {**timings, "total_s": total_s}.items()}
+        result.images_per_s = round(len(decoded) / total_s, 1) if total_s else 0.0
+        report = _report(result, options, source)
+        if problem:
+            failed = out / FAILED_REPORT_NAME
+            try:
+                write_report(failed, report)
+                problem += f" (details in {shown(failed)})"
+            except OSError:  # the problem is worth reporting without its details
+                pass
+            raise UserError(problem)
+        labels = sorted(k for k, v in per_class.items() if sum(v.values()))
+        commit(out, rows, labels, report)
+        committed = True
+    finally:
+        if not committed:  # take back what this run added; what the manifest lists stays
+            remove_files(
+                out, {c.image_path for c in tried if c.result and c.result.written} - previous
+            )
+    remove_files(out, stale)
     return result
 
 
 def _build_rows(
     tree: SourceTree, chosen: list[list[Candidate]], options: PrepareOptions
 ) -> tuple[
-    list[ManifestRow], list[tuple[str, Candidate]], dict[str, dict[str, int]], list[str], list[str]
+    list[ManifestRow],
+    list[tuple[str, Candidate]],
+    dict[str, dict[str, int]],
+    list[str],
+    dict[str, int],
 ]:
     """Manifest rows (sorted by split, then id), (split, candidate) pairs, per-class counts,
-    warnings, and `label: count` for each short class."""
+    warnings, and the usable count of each short class."""
     rows: list[ManifestRow] = []
     placed: list[tuple[str, Candidate]] = []
     per_class: dict[str, dict[str, int]] = {}
     warnings: list[str] = []
-    short: list[str] = []
+    short: dict[str, int] = {}
     for ci, cls in enumerate(tree.classes):
         assigned = assign_splits(chosen[ci], options.split)
         counts: dict[str, int] = {s: sum(1 for a, _ in assigned if a == s) for s in SPLITS}
         per_class[cls.label] = counts
         if len(assigned) < options.count:
-            short.append(f"{cls.label}: {len(assigned)}")
+            short[cls.label] = len(assigned)
             warnings.append(
                 f"class {cls.label} ({cls.folder}) has {len(assigned)} usable image(s), fewer than "
                 f"{options.count}: split {'/'.join(str(counts[s]) for s in SPLITS)}"
@@ -413,15 +492,16 @@ def _build_rows(
     return rows, placed, per_class, warnings, short
 
 
-def _write_report(result: PrepareResult, options: PrepareOptions, source: str) -> None:
-    """Write prepare-report.json: settings, counts, skips, duplicates, leakage, warnings, timings."""
-    report = {
-        "settings": {"source": source, **options.model_dump(mode="json")},
-        "source_root": str(result.source_root),
+def _report(result: PrepareResult, options: PrepareOptions, source: str | Path) -> dict[str, Any]:
+    """prepare-report.json: settings, counts, skips, duplicates, leakage, warnings, timings."""
+    return {
+        "settings": {"source": shown(str(source)), **options.model_dump(mode="json")},
+        "source_root": shown(result.source_root),
         "layout": result.layout,
         "counts": result.counts,
         "classes": result.classes,
         "per_class": result.per_class,
+        "short_classes": result.short_classes,
         "decoded": result.decoded,
         "written": result.written,
         "copied": result.copied,
@@ -433,6 +513,3 @@ def _write_report(result: PrepareResult, options: PrepareOptions, source: str) -
         "timings": result.timings,
         "images_per_s": result.images_per_s,
     }
-    tmp = result.report_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(result.report_path)

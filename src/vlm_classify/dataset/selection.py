@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .images import ImageResult
+from .images import ImageResult, content_path
 
 
 @dataclass(eq=False)
@@ -25,11 +25,19 @@ class Candidate:
     rel: str
     src: Path
     id: str
-    image_path: str
+    image_base: str
+    """The prepared file's path relative to the output folder, without content hash and suffix."""
     sha256: str = ""
     error: str = ""
     """Why the file could not even be hashed (unreadable, empty)."""
     result: ImageResult | None = None
+
+    @property
+    def image_path(self) -> str:
+        """The prepared file's path relative to the output folder (known once decoded)."""
+        if self.result is None or not self.result.ok:
+            raise ValueError(f"{self.rel} has no prepared image")
+        return content_path(self.image_base, self.result.image_sha256)
 
     def identity_keys(self) -> tuple[str, ...]:
         """Identity keys of a decoded image: its pixels and its prepared bytes."""

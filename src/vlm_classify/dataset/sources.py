@@ -1,6 +1,8 @@
 """Discover a source tree: Stanford Dogs (`Images/` or the folder holding it) or any class-per-folder tree.
 
 Discovery only lists files; nothing is opened here, so it is fast even on the full 20,580 images.
+Whatever cannot be listed (an unreadable folder, a symlink loop, a name that is not UTF-8) is
+passed over with a note or a skip reason, never a crash.
 """
 
 from __future__ import annotations
@@ -12,13 +14,20 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
-
 from ..errors import UserError
-from ..prompts import label_from_folder
+from ..prompts import label_from_folder, normalize_label
 
 STANFORD_IMAGES_DIR = "Images"
 _FIX = "pass a folder with one sub-folder of images per class (or the folder holding Stanford Dogs' Images/), or the word stanford-dogs"
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+"""Raster formats tried as images; anything else (.eps, .pdf, .svg) is skipped unopened."""
+
+BAD_NAME = "file name is not valid UTF-8: rename it"
+SPLIT_NAMES = frozenset(
+    {"train", "training", "val", "valid", "validation", "test", "testing", "dev"}
+)
+"""Folder names that say a tree is already split, so its sub-folders are the classes."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,20 @@ def is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
+def is_utf8(name: str) -> bool:
+    """False for a name whose bytes are not UTF-8 (Python holds those as lone surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def shown(name: str | os.PathLike[str]) -> str:
+    """A path as printable, storable text: bytes that are not UTF-8 become `\\xNN`."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 def slugify(name: str) -> str:
     """A lowercase ASCII slug safe on every filesystem (`Golden Retriever!` -> `golden-retriever`)."""
     ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
@@ -86,9 +109,9 @@ def _unique(name: str, taken: set[str]) -> str:
 def find_root(path: Path) -> tuple[Path, str]:
     """The class-folder root of a source path and its layout; a missing path is a UserError."""
     if not path.exists():
-        raise UserError(f"{path} does not exist: {_FIX}")
+        raise UserError(f"{shown(path)} does not exist: {_FIX}")
     if not path.is_dir():
-        raise UserError(f"{path} is a file, not a folder: {_FIX}")
+        raise UserError(f"{shown(path)} is a file, not a folder: {_FIX}")
     if (path / STANFORD_IMAGES_DIR).is_dir():
         return path / STANFORD_IMAGES_DIR, "stanford-dogs"
     if path.name == STANFORD_IMAGES_DIR:
@@ -96,19 +119,46 @@ def find_root(path: Path) -> tuple[Path, str]:
     return path, "class-folders"
 
 
-def _class_files(root: Path, folder: str, exts: set[str], tree: SourceTree) -> list[str]:
-    """Relative paths of a class folder's image candidates (recursive, sorted, no hidden entries)."""
+@dataclass
+class _Listing:
+    """A class folder's candidates and what listing it ran into."""
+
+    files: list[str]
+    direct: int
+    """Candidates directly in the class folder (not in a sub-folder)."""
+    errors: list[str]
+
+
+def _class_files(root: Path, folder: str, tree: SourceTree) -> _Listing:
+    """A class folder's image candidates (recursive, sorted, no hidden entries), never raising."""
     found: list[str] = []
+    errors: list[str] = []
     hidden = 0
-    for dirpath, dirnames, filenames in os.walk(root / folder, followlinks=False):
-        hidden += sum(1 for d in dirnames if is_hidden(d))
-        dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
+    top = root / folder
+
+    def onerror(e: OSError) -> None:
+        where = Path(e.filename).relative_to(root).as_posix() if e.filename else folder
+        errors.append(f"cannot read {shown(where)} ({e.strerror or e})")
+
+    for dirpath, dirnames, filenames in os.walk(top, onerror=onerror):
+        here = Path(dirpath)
+        keep = []
+        for d in sorted(dirnames):
+            if is_hidden(d):
+                hidden += 1
+            elif not is_utf8(d):
+                tree.skipped.append((shown((here / d).relative_to(root).as_posix()), BAD_NAME))
+            else:
+                keep.append(d)
+        dirnames[:] = keep
         for name in filenames:
             if is_hidden(name):
                 hidden += 1
                 continue
-            rel = Path(dirpath, name).relative_to(root).as_posix()
-            if Path(name).suffix.lower() in exts:
+            rel = (here / name).relative_to(root).as_posix()
+            if not is_utf8(name):
+                tree.skipped.append((shown(rel), BAD_NAME))
+            elif Path(name).suffix.lower() in IMAGE_EXTENSIONS:
                 found.append(rel)
             else:
                 tree.skipped.append(
@@ -116,45 +166,93 @@ def _class_files(root: Path, folder: str, exts: set[str], tree: SourceTree) -> l
                 )
     if hidden:
         tree.notes.append(f"{folder}: ignored {hidden} hidden file(s) or folder(s)")
-    return sorted(found)
+    direct = sum(1 for rel in found if rel.count("/") == folder.count("/") + 1)
+    return _Listing(sorted(found), direct, errors)
+
+
+def _check_layout(root: Path, nested: list[SourceClass], classes: list[SourceClass]) -> None:
+    """Refuse a tree whose class folders hold only sub-folders: it is split already, or the
+    path is one level too high (`train/cat` and `val/cat` would become classes `train`, `val`)."""
+    split_like = [c.folder for c in nested if c.folder.casefold() in SPLIT_NAMES]
+    if nested and (split_like or len(nested) == len(classes)):
+        names = ", ".join(f"{c.folder}/" for c in nested[:4]) + (", ..." if len(nested) > 4 else "")
+        raise UserError(
+            f"{shown(root)} looks like it is split already, or one level too high: {names} hold "
+            "only sub-folders of images; pass the folder whose sub-folders are the classes "
+            f"(e.g. {shown(root / nested[0].folder)})"
+        )
+
+
+def _entries(root: Path) -> list[os.DirEntry[str]]:
+    """The top-level entries of the source, sorted by name; an unreadable root is a UserError."""
+    try:
+        with os.scandir(root) as it:
+            return sorted(it, key=lambda e: e.name)
+    except OSError as e:
+        raise UserError(
+            f"cannot read {shown(root)} ({e.strerror or e}): check its permissions"
+        ) from None
 
 
 def discover(path: Path) -> SourceTree:
     """List the classes and candidate files under `path`; an empty tree is a UserError naming the fix."""
     root, layout = find_root(Path(path))
-    exts = {e.lower() for e in Image.registered_extensions()}
     tree = SourceTree(root=root, layout=layout, classes=[])
     keys: set[str] = set()
-    labels: dict[str, str] = {}
-    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+    labels: dict[str, tuple[str, str]] = {}
+    nested: list[SourceClass] = []
+    for entry in _entries(root):
         if is_hidden(entry.name):
             continue
-        if not entry.is_dir(follow_symlinks=True):
+        if not is_utf8(entry.name):
+            tree.notes.append(f"ignored {shown(entry.name)}: {BAD_NAME}")
+            continue
+        try:
+            is_dir = entry.is_dir(follow_symlinks=True)
+        except OSError as e:  # a symlink loop, a dangling network mount
+            tree.notes.append(f"ignored {entry.name}: cannot read it ({e.strerror or e})")
+            continue
+        if not is_dir:
             tree.notes.append(
                 f"ignored top-level file {entry.name} (images must sit in class folders)"
             )
             continue
         synset, label = label_from_folder(entry.name)
-        if not label:
+        norm = normalize_label(label)
+        if not norm:
             tree.notes.append(f"ignored folder {entry.name!r}: it gives no label")
             continue
-        if label in labels:
+        listing = _class_files(root, entry.name, tree)
+        tree.notes.extend(f"{entry.name}: {e}" for e in listing.errors)
+        if not listing.files:
+            if not listing.errors:
+                tree.notes.append(f"ignored empty class folder {entry.name}")
+            continue
+        if norm in labels:
+            folder, other = labels[norm]
+            same = "" if other == label else " (ignoring case and punctuation)"
             raise UserError(
-                f"folders {labels[label]!r} and {entry.name!r} both give the label {label!r}: "
+                f"folders {folder!r} and {entry.name!r} both give the label {other!r}{same}: "
                 "rename or merge one of them"
             )
-        labels[label] = entry.name
+        labels[norm] = (entry.name, label)
         key = _unique(synset or slugify(entry.name), keys)
-        rels = _class_files(root, entry.name, exts, tree)
-        if not rels:
-            tree.notes.append(f"ignored empty class folder {entry.name}")
-            continue
         stems: set[str] = set()
-        files = []
-        for rel in rels:
-            stem = _unique(safe_stem(Path(rel).stem), stems)
-            files.append(SourceFile(rel=rel, stem=stem))
-        tree.classes.append(SourceClass(entry.name, synset, label, key, files))
+        files = [
+            SourceFile(rel=rel, stem=_unique(safe_stem(Path(rel).stem), stems))
+            for rel in listing.files
+        ]
+        cls = SourceClass(entry.name, synset, label, key, files)
+        tree.classes.append(cls)
+        if not listing.direct:
+            nested.append(cls)
     if not tree.classes:
-        raise UserError(f"no class folders with images under {root}: {_FIX}")
+        raise UserError(f"no class folders with images under {shown(root)}: {_FIX}")
+    _check_layout(root, nested, tree.classes)
+    if len(tree.classes) < 2:
+        raise UserError(
+            f"{shown(root)} has one class folder with images ({tree.classes[0].folder}): a "
+            "classifier needs at least two classes; add class folders, or pass the folder that "
+            "holds them"
+        )
     return tree

@@ -49,3 +49,9 @@ def assign_splits(items: Sequence[T], split: tuple[int, int, int]) -> list[tuple
     counts = split_counts(len(items), split)
     labels = [name for name in SPLITS for _ in range(counts[name])]
     return list(zip(labels, items, strict=False))
+
+
+def suggest_split(n: int) -> tuple[int, int, int]:
+    """A split of `n` images per class in the original study's 80/10/10 proportions."""
+    held = round(n * 0.1)
+    return n - 2 * held, held, held

@@ -33,6 +33,15 @@ BREEDS = [
 ]
 """Real Stanford Dogs folder names, so generated trees look and parse like the real one."""
 
+DEFECTS = (
+    "an empty file",
+    "a truncated JPEG",
+    "a text file named .jpg",
+    "an exact copy of another image",
+    "a hidden .DS_Store",
+)
+"""The deliberately bad files `make_sample` adds to the first class, in plain words."""
+
 
 def _image(class_index: int, item: int, size: tuple[int, int]) -> Image.Image:
     rng = random.Random(class_index * 100_003 + item)
@@ -63,13 +72,17 @@ def iter_sample_files(classes: int, per_class: int) -> Iterator[tuple[str, int, 
 def make_sample(
     out: Path,
     classes: int = 10,
-    per_class: int = 12,
+    per_class: int = 50,
     size: tuple[int, int] = (320, 240),
     defects: bool = True,
 ) -> Path:
-    """Write a Stanford-Dogs-shaped tree `out/Images/<synset-breed>/<synset>_<n>.jpg`; return `out`."""
-    if not 1 <= classes <= len(BREEDS):
-        raise UserError(f"--classes must be between 1 and {len(BREEDS)}")
+    """Write a Stanford-Dogs-shaped tree `out/Images/<synset-breed>/<synset>_<n>.jpg`; return `out`.
+
+    With `defects`, the first class also gets the files `DEFECTS` describes, on top of its
+    `per_class` good images.
+    """
+    if not 2 <= classes <= len(BREEDS):
+        raise UserError(f"--classes must be between 2 and {len(BREEDS)} (a classifier needs two)")
     if per_class < 1:
         raise UserError("--per-class must be at least 1")
     images = Path(out) / "Images"
@@ -82,10 +95,11 @@ def make_sample(
     if defects:
         first = images / BREEDS[0]
         synset = BREEDS[0].split("-", 1)[0]
-        (first / f"{synset}_empty.jpg").write_bytes(b"")
+        # `bad_*` sort before the good files, so even `--sampling first` decodes and reports them
+        (first / "bad_empty.jpg").write_bytes(b"")
         good = (first / f"{synset}_0000.jpg").read_bytes()
-        (first / f"{synset}_truncated.jpg").write_bytes(good[: len(good) // 3])
-        (first / f"{synset}_notes.jpg").write_text("not an image\n", encoding="utf-8")
-        (first / f"{synset}_zcopy.jpg").write_bytes(good)
+        (first / "bad_truncated.jpg").write_bytes(good[: len(good) // 3])
+        (first / "bad_not_an_image.jpg").write_text("not an image\n", encoding="utf-8")
+        (first / f"{synset}_zcopy.jpg").write_bytes(good)  # after its original, so the copy goes
         (first / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
     return Path(out)
