@@ -8,11 +8,12 @@ import click
 from rich.progress import TextColumn
 
 from ..classify import ClassifyOptions, classify
-from ..openai_wire import ANSWER_MODES, DETAILS
+from ..openai_wire import ANSWER_MODES
 from ..prompts import PROMPT_STYLES
 from ..runner import Progress as RunProgress
 from ..runner import RunnerConfig
 from ._console import out_console, progress_bar
+from ._options import detail_option, poll_option, split_option, timeout_option
 
 
 @click.command("classify")
@@ -23,9 +24,7 @@ from ._console import out_console, progress_bar
 @click.option(
     "--name", required=True, help="The arm's name, e.g. zero-shot (its folder under DIR/arms/)."
 )
-@click.option(
-    "--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"])
-)
+@split_option
 @click.option(
     "--mode", default="realtime", show_default=True, type=click.Choice(["realtime", "batch"])
 )
@@ -50,9 +49,7 @@ from ._console import out_console, progress_bar
     type=click.Choice(ANSWER_MODES),
     help="enum: structured output limited to the labels; text: free text, parsed.",
 )
-@click.option(
-    "--detail", default="low", show_default=True, type=click.Choice(DETAILS), help="Image detail."
-)
+@detail_option
 @click.option(
     "--logprobs/--no-logprobs",
     default=True,
@@ -70,14 +67,7 @@ from ._console import out_console, progress_bar
     type=click.FloatRange(min=0, min_open=True),
     help="Client-side cap on tokens per minute.",
 )
-@click.option(
-    "--timeout",
-    "timeout_s",
-    default=60.0,
-    show_default=True,
-    type=click.FloatRange(min=0, min_open=True),
-    help="Per-request timeout (s).",
-)
+@timeout_option
 @click.option(
     "--max-attempts",
     default=10,
@@ -88,14 +78,7 @@ from ._console import out_console, progress_bar
 @click.option(
     "--retry-failed", is_flag=True, help="Ask again for items an earlier run recorded as errors."
 )
-@click.option(
-    "--poll",
-    "poll_s",
-    default=10.0,
-    show_default=True,
-    type=click.FloatRange(min=0, min_open=True),
-    help="Seconds between Batch status checks.",
-)
+@poll_option("Batch")
 def classify_cmd(
     prepared_dir: Path,
     model: str,

@@ -10,9 +10,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..estimate import Estimate, EstimateOptions, LineItem, estimate
-from ..openai_wire import ANSWER_MODES, DETAILS
+from ..openai_wire import ANSWER_MODES
 from ..prompts import PROMPT_STYLES
 from ._console import out_console
+from ._options import detail_option
 
 
 @click.command("estimate")
@@ -37,13 +38,7 @@ from ._console import out_console
     type=click.Choice(PROMPT_STYLES),
     help="System prompt of the fine-tuning examples and fine-tuned requests [default: --prompt].",
 )
-@click.option(
-    "--detail",
-    default="low",
-    show_default=True,
-    type=click.Choice(DETAILS),
-    help="Image detail (auto is counted as high).",
-)
+@detail_option
 @click.option(
     "--answer",
     default="enum",

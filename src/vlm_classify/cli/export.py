@@ -9,9 +9,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..export import ExportOptions, ExportResult, export
-from ..openai_wire import ANSWER_MODES, DETAILS
+from ..openai_wire import ANSWER_MODES
 from ..prompts import PROMPT_STYLES
 from ._console import err_console, out_console
+from ._options import detail_option
 
 
 @click.command("export")
@@ -32,13 +33,7 @@ from ._console import err_console, out_console
     type=click.Choice(PROMPT_STYLES),
     help="System prompt of the fine-tuning examples [default: --prompt].",
 )
-@click.option(
-    "--detail",
-    default="low",
-    show_default=True,
-    type=click.Choice(DETAILS),
-    help="Image detail of every request.",
-)
+@detail_option
 @click.option(
     "--answer",
     default="enum",

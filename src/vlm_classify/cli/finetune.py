@@ -10,9 +10,9 @@ from rich.markup import escape
 
 from ..deploy import DeployOptions, deploy
 from ..finetune import FinetuneEvent, FinetuneOptions, finetune
-from ..openai_wire import DETAILS
 from ..prompts import PROMPT_STYLES
 from ._console import err_console, out_console
+from ._options import detail_option, poll_option
 
 
 def _auto_int(_ctx: click.Context, _param: click.Parameter, value: str) -> int | str:
@@ -73,21 +73,14 @@ def _auto_float(_ctx: click.Context, _param: click.Parameter, value: str) -> flo
     type=click.Choice(PROMPT_STYLES),
     help="System prompt of the training examples (evaluate with the same).",
 )
-@click.option("--detail", default="low", show_default=True, type=click.Choice(DETAILS))
+@detail_option
 @click.option(
     "--detach", is_flag=True, help="Create the job and return; rerun (or --follow) to re-attach."
 )
 @click.option(
     "--follow", "follow_only", is_flag=True, help="Re-attach to this arm's job; never start one."
 )
-@click.option(
-    "--poll",
-    "poll_s",
-    default=10.0,
-    show_default=True,
-    type=click.FloatRange(min=0, min_open=True),
-    help="Seconds between status checks.",
-)
+@poll_option("job")
 def finetune_cmd(
     prepared_dir: Path,
     model: str,

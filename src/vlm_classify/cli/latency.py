@@ -22,9 +22,9 @@ from ..latency import (
     summarize_csv,
     write_csv,
 )
-from ..openai_wire import DETAILS
 from ..prompts import PROMPT_STYLES
 from ._console import out_console, progress_bar
+from ._options import detail_option, split_option, timeout_option
 
 _SHOWN = [
     ("mean_ms", "mean"),
@@ -87,19 +87,10 @@ def _num(value: float | None) -> str:
     show_default=True,
     help="Concurrency levels, run one after the other.",
 )
-@click.option(
-    "--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"])
-)
+@split_option
 @click.option("--prompt", default="full", show_default=True, type=click.Choice(PROMPT_STYLES))
-@click.option("--detail", default="low", show_default=True, type=click.Choice(DETAILS))
-@click.option(
-    "--timeout",
-    "timeout_s",
-    default=60.0,
-    show_default=True,
-    type=click.FloatRange(min=0, min_open=True),
-    help="Per-request timeout (s).",
-)
+@detail_option
+@timeout_option
 @click.option(
     "--from-csv",
     "from_csv",
