@@ -216,12 +216,12 @@ def test_kill_9_then_rerun_loses_nothing_and_asks_no_finished_item_again(
     ids = set(sha_to_id.values())
     logs = tmp_path / "logs"
     cmd = ["classify", str(prepared), "--model", MODEL, "--name", "k", "--concurrency", "4"]
-    profile = _latency_csv(tmp_path / "latency.csv", 60)
+    profile = _latency_csv(tmp_path / "latency.csv", 100)
     with CountingEmulator(manifests=[prepared], latency_profile=profile) as emu:
         env = _env(emu.emu)
         proc = _start(cmd, env, logs, "run1")
         _kill_when(proc, lambda: len(_records(prepared, "k")) >= 30)
-        time.sleep(0.5)  # let the server take in whatever the dead client had sent
+        time.sleep(1.0)  # let the server take in whatever the dead client had sent
         finished = set(_records(prepared, "k"))
         emu.phase = "run2"
         assert _run(cmd, env, logs, "run2") == 0
