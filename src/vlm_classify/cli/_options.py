@@ -8,7 +8,8 @@ from typing import Any
 import click
 
 from ..dataset.manifest import SPLITS
-from ..openai_wire import DETAILS
+from ..openai_wire import ANSWER_MODES, DETAILS
+from ..prompts import PROMPT_STYLES
 
 split_option = click.option(
     "--split",
@@ -43,4 +44,25 @@ def poll_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]
         show_default=True,
         type=click.FloatRange(min=0, min_open=True),
         help=f"Seconds between {what} status checks.",
+    )
+
+
+def prompt_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`--prompt full|short`: whether the system prompt lists the labels."""
+    return click.option(
+        "--prompt", default="full", show_default=True, type=click.Choice(PROMPT_STYLES), help=help
+    )
+
+
+def training_prompt_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`--training-prompt full|short`, defaulting to `--prompt`."""
+    return click.option(
+        "--training-prompt", default=None, type=click.Choice(PROMPT_STYLES), help=help
+    )
+
+
+def answer_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`--answer enum|text`: structured output limited to the labels, or free text."""
+    return click.option(
+        "--answer", default="enum", show_default=True, type=click.Choice(ANSWER_MODES), help=help
     )

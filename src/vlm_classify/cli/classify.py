@@ -8,12 +8,17 @@ import click
 from rich.progress import TextColumn
 
 from ..classify import ClassifyOptions, classify
-from ..openai_wire import ANSWER_MODES
-from ..prompts import PROMPT_STYLES
 from ..runner import Progress as RunProgress
 from ..runner import RunnerConfig
 from ._console import out_console, progress_bar
-from ._options import detail_option, poll_option, split_option, timeout_option
+from ._options import (
+    answer_option,
+    detail_option,
+    poll_option,
+    prompt_option,
+    split_option,
+    timeout_option,
+)
 
 
 @click.command("classify")
@@ -35,20 +40,8 @@ from ._options import detail_option, poll_option, split_option, timeout_option
     type=click.IntRange(1, 1024),
     help="Realtime requests in flight.",
 )
-@click.option(
-    "--prompt",
-    default="full",
-    show_default=True,
-    type=click.Choice(PROMPT_STYLES),
-    help="full lists the labels; short (for fine-tuned models) does not.",
-)
-@click.option(
-    "--answer",
-    default="enum",
-    show_default=True,
-    type=click.Choice(ANSWER_MODES),
-    help="enum: structured output limited to the labels; text: free text, parsed.",
-)
+@prompt_option("full lists the labels; short (for fine-tuned models) does not.")
+@answer_option("enum: structured output limited to the labels; text: free text, parsed.")
 @detail_option
 @click.option(
     "--logprobs/--no-logprobs",

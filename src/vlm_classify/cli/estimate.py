@@ -10,10 +10,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..estimate import Estimate, EstimateOptions, LineItem, estimate
-from ..openai_wire import ANSWER_MODES
-from ..prompts import PROMPT_STYLES
 from ._console import out_console
-from ._options import detail_option
+from ._options import answer_option, detail_option, prompt_option, training_prompt_option
 
 
 @click.command("estimate")
@@ -24,28 +22,12 @@ from ._options import detail_option
 @click.option(
     "--epochs", default=2, show_default=True, type=click.IntRange(1, 50), help="Fine-tuning epochs."
 )
-@click.option(
-    "--prompt",
-    "prompt",
-    default="full",
-    show_default=True,
-    type=click.Choice(PROMPT_STYLES),
-    help="System prompt of zero-shot requests (full lists the labels).",
-)
-@click.option(
-    "--training-prompt",
-    default=None,
-    type=click.Choice(PROMPT_STYLES),
-    help="System prompt of the fine-tuning examples and fine-tuned requests [default: --prompt].",
+@prompt_option("System prompt of zero-shot requests (full lists the labels).")
+@training_prompt_option(
+    "System prompt of the fine-tuning examples and fine-tuned requests [default: --prompt]."
 )
 @detail_option
-@click.option(
-    "--answer",
-    default="enum",
-    show_default=True,
-    type=click.Choice(ANSWER_MODES),
-    help='Base model answer: enum = structured {"label": ...}, text = the bare label.',
-)
+@answer_option('Base model answer: enum = structured {"label": ...}, text = the bare label.')
 @click.option(
     "--pricing",
     type=click.Path(dir_okay=False, path_type=Path),

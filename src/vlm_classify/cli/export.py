@@ -9,10 +9,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..export import ExportOptions, ExportResult, export
-from ..openai_wire import ANSWER_MODES
-from ..prompts import PROMPT_STYLES
 from ._console import err_console, out_console
-from ._options import detail_option
+from ._options import answer_option, detail_option, prompt_option, training_prompt_option
 
 
 @click.command("export")
@@ -20,27 +18,10 @@ from ._options import detail_option
 @click.option(
     "--model", required=True, help="openai/MODEL or azure/DEPLOYMENT named in the Batch lines."
 )
-@click.option(
-    "--prompt",
-    default="full",
-    show_default=True,
-    type=click.Choice(PROMPT_STYLES),
-    help="System prompt of the Batch requests (full lists the labels).",
-)
-@click.option(
-    "--training-prompt",
-    default=None,
-    type=click.Choice(PROMPT_STYLES),
-    help="System prompt of the fine-tuning examples [default: --prompt].",
-)
+@prompt_option("System prompt of the Batch requests (full lists the labels).")
+@training_prompt_option("System prompt of the fine-tuning examples [default: --prompt].")
 @detail_option
-@click.option(
-    "--answer",
-    default="enum",
-    show_default=True,
-    type=click.Choice(ANSWER_MODES),
-    help="Batch answers: structured output (one of the labels) or free text.",
-)
+@answer_option("Batch answers: structured output (one of the labels) or free text.")
 def export_cmd(
     prepared_dir: Path,
     model: str,

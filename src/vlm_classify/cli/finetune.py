@@ -10,9 +10,8 @@ from rich.markup import escape
 
 from ..deploy import DeployOptions, deploy
 from ..finetune import FinetuneEvent, FinetuneOptions, finetune
-from ..prompts import PROMPT_STYLES
 from ._console import err_console, out_console
-from ._options import detail_option, poll_option
+from ._options import detail_option, poll_option, prompt_option
 
 
 def _auto_int(_ctx: click.Context, _param: click.Parameter, value: str) -> int | str:
@@ -66,13 +65,7 @@ def _auto_float(_ctx: click.Context, _param: click.Parameter, value: str) -> flo
 )
 @click.option("--seed", default=42, show_default=True, type=int)
 @click.option("--suffix", help="Added to the fine-tuned model's name.")
-@click.option(
-    "--prompt",
-    default="full",
-    show_default=True,
-    type=click.Choice(PROMPT_STYLES),
-    help="System prompt of the training examples (evaluate with the same).",
-)
+@prompt_option("System prompt of the training examples (evaluate with the same).")
 @detail_option
 @click.option(
     "--detach", is_flag=True, help="Create the job and return; rerun (or --follow) to re-attach."
