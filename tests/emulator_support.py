@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import time
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from typing import Any
 
 from vlm_classify import spec
 from vlm_classify.dataset.manifest import ManifestRow, read_labels, read_manifest
+from vlm_classify.emulator.state import ChatArrival
 from vlm_classify.prompts import answer_schema, system_prompt
 
 MODEL = "gpt-4o-2024-08-06"
@@ -88,6 +90,26 @@ def wait_for(fetch: Callable[[], Any], done: Callable[[Any], bool], timeout: flo
         if done(result) or time.monotonic() > deadline:
             return result
         time.sleep(0.02)
+
+
+def busiest_window(
+    arrivals: list[ChatArrival],
+    window: float,
+    weight: Callable[[ChatArrival], float] = lambda a: 1,
+) -> float:
+    """The most `weight` (requests by default) the server saw arrive within any `window` seconds.
+
+    Sliding windows `[t, t + window)` that start at an arrival cover every maximum."""
+    times = [a.at for a in arrivals]
+    best = 0.0
+    for i, start in enumerate(times):
+        best = max(best, sum(weight(a) for a in arrivals[i:] if a.at < start + window))
+    return best
+
+
+def gaps(arrivals: list[ChatArrival]) -> list[float]:
+    """Seconds between consecutive arrivals."""
+    return [b.at - a.at for a, b in itertools.pairwise(arrivals)]
 
 
 def jsonl(objs: list[dict[str, Any]]) -> bytes:

@@ -8,6 +8,7 @@ against what the server actually received.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sqlite3
@@ -18,13 +19,16 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import openai
 import pytest
 
 from conftest import make_prepared_dir
+from vlm_classify.backends.openai import ChatSettings, OpenAIChatBackend, parse_openai_model
 from vlm_classify.classify import ClassifyOptions, classify
-from vlm_classify.dataset.manifest import read_manifest
+from vlm_classify.dataset.manifest import read_labels, read_manifest
 from vlm_classify.emulator import Emulator, EmulatorConfig
-from vlm_classify.runner import RunnerConfig
+from vlm_classify.runner import RunnerConfig, RunSummary, run_items
+from vlm_classify.store import Store
 
 MODEL = "openai/gpt-4o-2024-08-06"
 SECRET = "sk-test-SECRET-4242-do-not-write"
@@ -350,3 +354,33 @@ def test_a_crash_while_recording_batch_output_does_not_pay_again(
     assert len(_records(prepared, "b")) == 20
     assert routes["POST /v1/batches"] == 1
     assert set(answered.values()) == {1}
+
+
+# --- memory: no image is kept once its item is final ---------------------------------------------
+
+
+def test_failed_items_do_not_keep_their_image(prepared: Path, tmp_path: Path) -> None:
+    """Answered, or recorded with an error once its retries ran out: each item's encoded image is
+    dropped once it is final, so a long run with failures holds only the items in flight."""
+    items = [r for r in read_manifest(prepared) if r.split == "test"][:40]
+    runner = RunnerConfig(
+        concurrency=8, max_attempts=2, initial_backoff_s=0.001, max_backoff_s=0.01
+    )
+    with Emulator(EmulatorConfig(manifests=[prepared], faults="500=0.5", seed=1)) as emu:
+        client = openai.AsyncOpenAI(base_url=emu.base_url, api_key=emu.api_key, max_retries=0)
+        backend = OpenAIChatBackend(
+            parse_openai_model(MODEL), read_labels(prepared), prepared, ChatSettings(), client
+        )
+
+        async def go() -> RunSummary:
+            try:
+                return await run_items(backend, items, store, "arm", "realtime", runner)
+            finally:
+                await backend.aclose()
+
+        with Store(tmp_path / "runs.sqlite") as store:
+            summary = asyncio.run(go())
+            assert len(store.predictions("arm")) == 40
+    assert summary.errors > 0 and summary.completed > 0  # both outcomes were met
+    assert summary.completed + summary.errors == 40
+    assert len(backend.images) == 0

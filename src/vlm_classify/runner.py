@@ -1,20 +1,20 @@
 """Concurrency, retries, rate limits and resume: shared by every backend and written once.
 
-The runner asks a `Backend` for one item at a time, with at most `concurrency` requests in flight,
-retries transient failures with exponential backoff and jitter (honouring the service's
-`retry-after`), and persists every answer the moment it arrives, so a rerun only asks for what is
-missing.
+The runner asks a `Backend` for one item at a time, with at most `concurrency` requests in flight
+and at most `rpm` requests and `tpm` tokens in any minute, retries transient failures with
+exponential backoff and jitter (honouring the service's `retry-after`), stops early when the
+service cannot be reached at all, and persists every answer the moment it arrives, so a rerun only
+asks for what is missing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
-from aiolimiter import AsyncLimiter
 from pydantic import BaseModel, Field
 from tenacity import (
     AsyncRetrying,
@@ -26,10 +26,11 @@ from tenacity import (
 
 from .backends.base import Backend, Prediction
 from .dataset.manifest import ManifestRow
-from .errors import FatalError, ItemError, TransientError
+from .errors import ItemError, TransientError
+from .limits import RateLimiter, Reachability
 from .store import Store
 
-log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class RunnerConfig(BaseModel):
@@ -45,9 +46,18 @@ class RunnerConfig(BaseModel):
     request_timeout_s: float = Field(60.0, gt=0)
     """Per-request timeout: a request that takes longer is retried."""
     rpm: float | None = Field(None, gt=0)
-    """Client-side cap on requests per minute (None: no cap)."""
+    """Client-side cap on requests in any minute (None: no cap); see `RateLimiter`."""
     tpm: float | None = Field(None, gt=0)
-    """Client-side cap on tokens per minute, using each request's estimated prompt tokens."""
+    """Client-side cap on tokens in any minute, counted per request by the backend's estimate
+    (prompt tokens as `estimate` counts them, plus the completion tokens the request allows)."""
+    rate_window_s: float = Field(60.0, gt=0)
+    """The window `rpm` and `tpm` are counted in: a minute (shorter only in tests)."""
+    rate_slack_s: float = Field(0.5, ge=0)
+    """Added to that window for the varying time a request takes to reach the service, so the caps
+    hold as the service counts them (by arrival)."""
+    unreachable_wait_s: float = Field(10.0, ge=0)
+    """How long to keep trying a service that cannot be reached at all (connection refused,
+    unknown host, TLS failure) while nothing of this run has reached it; then the run stops."""
 
 
 @dataclass
@@ -64,18 +74,26 @@ class Progress:
 
 @dataclass
 class RunSummary:
-    """What one `run_items` call did."""
+    """What one run did (`run_items`, or a Batch run)."""
 
     requested: int
+    """Items asked for (those an earlier run had not finished)."""
     completed: int
+    """Items that got an answer this run (valid or not)."""
     errors: int
+    """Items recorded with an error this run."""
     retries: int
+    """Realtime requests sent again after a transient failure."""
     skipped: int
+    """Items an earlier run had finished."""
     wall_s: float
     error_kinds: dict[str, int] = field(default_factory=dict)
+    """The errors recorded this run, by kind."""
+    batch_lines_retried: int = 0
+    """Batch lines that failed and were asked again realtime (their outcome is counted above)."""
 
 
-def _wait(cfg: RunnerConfig) -> Callable[[RetryCallState], float]:
+def _wait(cfg: RunnerConfig, reach: Reachability) -> Callable[[RetryCallState], float]:
     backoff = wait_exponential_jitter(
         multiplier=cfg.initial_backoff_s, max=cfg.max_backoff_s, jitter=cfg.initial_backoff_s
     )
@@ -89,9 +107,36 @@ def _wait(cfg: RunnerConfig) -> Callable[[RetryCallState], float]:
             and 0 <= exc.retry_after <= 60
         ):
             return exc.retry_after
-        return float(backoff(state))
+        return reach.cap(exc, float(backoff(state)))
 
     return wait
+
+
+def _retrying(cfg: RunnerConfig, reach: Reachability) -> AsyncRetrying:
+    return AsyncRetrying(
+        stop=stop_after_attempt(cfg.max_attempts),
+        wait=_wait(cfg, reach),
+        retry=retry_if_exception_type(TransientError),
+        reraise=True,
+    )
+
+
+async def first_contact(call: Callable[[], Awaitable[T]], cfg: RunnerConfig) -> T:
+    """A run's first call to the service (a Batch run's), under the fail-fast rule of
+    `Reachability`: a service that cannot be reached is retried briefly, then the run stops."""
+    reach = Reachability(cfg.unreachable_wait_s)
+    try:
+        async for tried in _retrying(cfg, reach):
+            with tried:
+                try:
+                    result = await call()
+                except TransientError as e:
+                    reach.saw(e)
+                    raise
+    except TransientError as e:
+        reach.give_up(e)
+        raise
+    return result
 
 
 async def run_items(
@@ -103,8 +148,18 @@ async def run_items(
     cfg: RunnerConfig,
     on_progress: Callable[[Progress], None] | None = None,
     token_estimate: Callable[[ManifestRow], int] | None = None,
+    reached: bool = False,
 ) -> RunSummary:
-    """Classify every item not yet finished for `arm`, persisting each answer as it arrives."""
+    """Classify every item not yet finished for `arm`, persisting each answer as it arrives.
+
+    `token_estimate` counts a request's tokens for the `tpm` cap (required with it). `reached`:
+    the service already answered earlier in this run (a Batch run's realtime retries), so
+    connection failures are ordinary retryable errors from the start.
+    """
+    if cfg.tpm and token_estimate is None:
+        raise ValueError(
+            "a tpm cap needs token_estimate, the backend's count of a request's tokens"
+        )
     start = time.perf_counter()
     finished = store.finished_ids(arm)
     todo = [it for it in items if it.id not in finished]
@@ -112,46 +167,63 @@ async def run_items(
         total=len(items), done=len(items) - len(todo), skipped=len(items) - len(todo)
     )
     error_kinds: dict[str, int] = {}
-    # Smooth rates: a second's worth of requests (6 s of tokens) at most in one burst.
-    rpm = AsyncLimiter(max(cfg.rpm / 60, 1.0), 1) if cfg.rpm else None
-    tpm = AsyncLimiter(max(cfg.tpm / 10, 1.0), 6) if cfg.tpm else None
+    limiter = (
+        RateLimiter(cfg.rpm, cfg.tpm, cfg.rate_window_s, cfg.rate_slack_s)
+        if cfg.rpm or cfg.tpm
+        else None
+    )
+    reach = Reachability(cfg.unreachable_wait_s, reached=reached)
     queue: asyncio.Queue[ManifestRow] = asyncio.Queue()
     for it in todo:
         queue.put_nowait(it)
-    if on_progress:
+    # The first report waits until the service is known to be there: a run that cannot reach
+    # it ends with its one line, and nothing before it.
+    announced = not todo or reached
+    if on_progress and announced:
         on_progress(progress)
 
-    async def attempt(item: ManifestRow) -> Prediction:
-        if rpm:
-            await rpm.acquire()
-        if tpm and token_estimate:
-            await tpm.acquire(min(token_estimate(item), tpm.max_rate))
+    def announce() -> None:
+        nonlocal announced
+        if not announced and reach.reached:
+            announced = True
+            if on_progress:
+                on_progress(progress)
+
+    async def attempt(item: ManifestRow, tokens: int) -> Prediction:
+        if limiter:
+            await limiter.acquire(tokens)
         try:
-            return await asyncio.wait_for(backend.classify(item), cfg.request_timeout_s)
+            result = await asyncio.wait_for(backend.classify(item), cfg.request_timeout_s)
         except asyncio.TimeoutError:
+            reach.saw(None)  # not a failure to connect: the fail-fast rule is over
+            announce()
             raise TransientError(f"no answer within {cfg.request_timeout_s:g} s") from None
+        except (TransientError, ItemError) as e:
+            reach.saw(e)  # raises UnreachableError once the short wait is over
+            announce()
+            raise
+        reach.saw(None)
+        announce()
+        return result
 
     async def one(item: ManifestRow) -> None:
         attempts = 0
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(cfg.max_attempts),
-            wait=_wait(cfg),
-            retry=retry_if_exception_type(TransientError),
-            reraise=True,
-        )
+        tokens = token_estimate(item) if cfg.tpm and token_estimate else 0
         try:
-            async for tried in retrying:
+            async for tried in _retrying(cfg, reach):
                 with tried:
                     attempts = tried.retry_state.attempt_number
                     if attempts > 1:
                         progress.retries += 1
-                    result = await attempt(item)
+                    result = await attempt(item, tokens)
         except (TransientError, ItemError) as e:
+            reach.give_up(e)  # unreachable from the start: stop, recording nothing
             kind = type(e).__name__
             error_kinds[kind] = error_kinds.get(kind, 0) + 1
             result = Prediction(prediction=None, raw_answer="", valid=False, error=str(e))
             progress.errors += 1
         store.record(arm, item.id, item.label, result, attempts, mode)
+        backend.release(item)
         progress.done += 1
         if on_progress:
             on_progress(progress)
@@ -167,14 +239,14 @@ async def run_items(
     workers = [asyncio.create_task(worker()) for _ in range(min(cfg.concurrency, len(todo)) or 0)]
     try:
         await asyncio.gather(*workers)
-    except FatalError:
+    except BaseException:  # a fatal error (or any other) in one worker stops them all
         for w in workers:
             w.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
         raise
     return RunSummary(
         requested=len(todo),
-        completed=len(todo),
+        completed=progress.done - progress.skipped - progress.errors,
         errors=progress.errors,
         retries=progress.retries,
         skipped=progress.skipped,

@@ -45,6 +45,11 @@ class Backend(Protocol):
         """Classify one item once. Raise to signal a failure; the runner decides about retries."""
         ...
 
+    def release(self, item: ManifestRow) -> None:
+        """Forget what was kept for the item's retries (its encoded image): the runner calls it
+        once the item is final, answered or recorded with an error."""
+        ...
+
     async def aclose(self) -> None:
         """Release clients and files."""
         ...

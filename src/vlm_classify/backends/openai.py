@@ -6,8 +6,12 @@ and the one place a chat completion becomes a `Prediction`, for realtime and Bat
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import re
+import socket
+import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +20,16 @@ from urllib.parse import urlsplit
 
 import openai
 
+from .. import tokens
 from ..dataset.manifest import ManifestRow
-from ..errors import FatalError, ItemError, TransientError, UserError, VlmClassifyError
+from ..errors import (
+    FatalError,
+    ItemError,
+    TransientError,
+    UnreachableError,
+    UserError,
+    VlmClassifyError,
+)
 from ..models import OPENAI_PROVIDERS, ModelRef, parse_model
 from ..openai_wire import (
     AnswerMode,
@@ -27,6 +39,7 @@ from ..openai_wire import (
     image_data_url,
     parse_chat_response,
 )
+from ..pricing import GPT4O_VISION, VisionRule, lookup
 from ..prompts import PromptStyle, parse_answer, parse_enum_answer, system_prompt
 from .base import Prediction, Usage
 
@@ -67,6 +80,51 @@ def make_client(ref: ModelRef, timeout: float = 60.0) -> openai.AsyncOpenAI:
     )
 
 
+def address_source(ref: ModelRef | None) -> str | None:
+    """The environment variable the client's address comes from (None: the SDK's default)."""
+    if ref is not None and ref.provider == "azure":
+        return "AZURE_OPENAI_ENDPOINT"
+    return "OPENAI_BASE_URL" if os.environ.get("OPENAI_BASE_URL", "").strip() else None
+
+
+def unreachable_reason(exc: BaseException) -> str | None:
+    """Why a connection could not be made at all, read from the causes of an SDK
+    `APIConnectionError` (the transport's `ConnectError` and the OS error under it): `connection
+    refused`, `name not found`, `TLS failure: ...`, or the OS's words for another failure to
+    connect. None for everything else: a timeout (`APITimeoutError`), a connection dropped
+    mid-request (`RemoteProtocolError`, `ReadError`)."""
+    connect: BaseException | None = None
+    seen: set[int] = set()
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(cause, socket.gaierror):
+            return "name not found"
+        if isinstance(cause, ssl.SSLError):
+            detail = getattr(cause, "verify_message", None) or cause.reason or str(cause)
+            return f"TLS failure: {str(detail).replace('_', ' ').lower()}"
+        if type(cause).__name__ == "ConnectError":  # httpx's, httpx2's or httpcore's
+            connect = cause
+        elif connect is not None and isinstance(cause, OSError) and cause.strerror:
+            return str(cause.strerror).lower()
+        cause = cause.__cause__ or cause.__context__
+    return None if connect is None else (str(connect) or "cannot connect")
+
+
+def unreachable_message(address: str, reason: str, source: str | None) -> str:
+    """The one line `classify` stops with when the service cannot be reached at all."""
+    if source:
+        return (
+            f"cannot reach {address} ({reason}), set by {source}: start the server or fix {source}"
+        )
+    return (
+        f"cannot reach {address} ({reason}), the default address: "
+        "check the network connection, or set OPENAI_BASE_URL"
+    )
+
+
 def retry_after_seconds(headers: Any) -> float | None:
     """`retry-after-ms` or `retry-after` (seconds) from response headers, when present and numeric."""
     if headers is None:
@@ -82,13 +140,27 @@ def retry_after_seconds(headers: Any) -> float | None:
     return None
 
 
-def translate_error(exc: Exception, ref: ModelRef | None = None) -> VlmClassifyError:
-    """Classify an SDK failure: retry it, record it against this item, or stop the run."""
+def translate_error(
+    exc: Exception, ref: ModelRef | None = None, base_url: str | None = None
+) -> VlmClassifyError:
+    """Classify an SDK failure: retry it, record it against this item, or stop the run.
+
+    A connection that could not be made at all (refused, unknown host, TLS) is retryable, and
+    carries the `UnreachableError` naming `base_url` (the client's address) and the variable it
+    came from, for the runner to stop with while nothing of the run has reached the service.
+    """
     where = f" for {ref}" if ref else ""
     if isinstance(exc, openai.APITimeoutError):
         return TransientError(f"request timed out{where}")
     if isinstance(exc, openai.APIConnectionError):
-        return TransientError(f"connection failed{where}: {exc}")
+        reason = unreachable_reason(exc)
+        if reason is None:
+            return TransientError(f"connection failed{where}: {exc}")
+        address = base_url or str(exc.request.url)
+        return TransientError(
+            f"cannot reach {address} ({reason})",
+            unreachable=UnreachableError(unreachable_message(address, reason, address_source(ref))),
+        )
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
         message = _error_message(exc)
@@ -121,12 +193,63 @@ def _error_message(exc: openai.APIStatusError) -> str:
     return str(exc.message)
 
 
-def label_confidence(logprobs: list[dict[str, Any]] | None) -> float | None:
-    """Probability of the whole answer: exp of the sum of its tokens' log probabilities."""
+def label_confidence(
+    text: str, logprobs: list[dict[str, Any]] | None, label: str, answer: AnswerMode
+) -> float | None:
+    """The probability the model gave the chosen label: the product of the probabilities of the
+    tokens that spell it, from the response's logprobs.
+
+    `enum`: the tokens of the label's string value in the `{"label": "..."}` answer. `text`: the
+    tokens of the whole answer, only when the answer is exactly the label (a sentence that names
+    it has no single probability for it). None when there are no logprobs, the answer is not
+    exactly a label, or the tokens do not spell the answer.
+    """
     if not logprobs:
         return None
-    total = sum(float(t.get("logprob", 0.0)) for t in logprobs)
+    pieces = [
+        bytes(t["bytes"]) if t.get("bytes") is not None else str(t.get("token", "")).encode()
+        for t in logprobs
+    ]
+    content = b"".join(pieces)
+    if content != text.encode("utf-8"):
+        return None
+    span: tuple[int, int] | None
+    if answer == "text":
+        if text.strip() != label:
+            return None
+        start = len(text[: len(text) - len(text.lstrip())].encode("utf-8"))
+        span = (start, start + len(label.encode("utf-8")))
+    else:
+        span = _json_label_span(text, label)
+        if span is None:
+            return None
+    total, offset = 0.0, 0
+    for piece, token in zip(pieces, logprobs, strict=True):
+        end = offset + len(piece)
+        if offset < span[1] and end > span[0]:  # the token overlaps the label's bytes
+            total += float(token.get("logprob", 0.0))
+        offset = end
     return math.exp(total)
+
+
+def _json_label_span(text: str, label: str) -> tuple[int, int] | None:
+    """Byte span of `label`'s characters inside the answer `{"label": "<label>"}`, if it is there
+    exactly as the label (escaped as JSON writes it)."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    if not (isinstance(value, dict) and value.get("label") == label):
+        return None
+    raw = text.encode("utf-8")
+    key = re.search(rb'"label"\s*:\s*"', raw)
+    if key is None:
+        return None
+    for ascii_only in (False, True):
+        inner = json.dumps(label, ensure_ascii=ascii_only)[1:-1].encode("utf-8")
+        if raw.startswith(inner + b'"', key.end()):
+            return (key.end(), key.end() + len(inner))
+    return None
 
 
 def prediction_from_response(
@@ -147,7 +270,11 @@ def prediction_from_response(
         prediction=label,
         raw_answer=text,
         valid=label is not None,
-        confidence=label_confidence(parsed.logprobs) if label is not None else None,
+        confidence=(
+            label_confidence(parsed.text or "", parsed.logprobs, label, answer)
+            if label is not None
+            else None
+        ),
         latency_ms=latency_ms,
         usage=Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)),
     )
@@ -167,7 +294,8 @@ class ChatSettings:
 
 class ImageCache:
     """Each image's data URL, read and base64-encoded once: retries reuse it, and it is dropped
-    once the item is answered, so memory holds only the items in flight."""
+    once the item is final (answered, or recorded with an error: `OpenAIChatBackend.release`),
+    so memory holds only the items in flight."""
 
     def __init__(self, prepared_dir: Path) -> None:
         self.root = Path(prepared_dir)
@@ -213,8 +341,13 @@ class OpenAIChatBackend:
         self.client = client or make_client(ref, timeout=timeout)
         self.images = ImageCache(prepared_dir)
         self._system = system_prompt(labels, settings.prompt)
+        self._vision: VisionRule | None = None
         self.emulated = False
         """True once any response carried the emulator's header."""
+
+    def translate(self, exc: Exception) -> VlmClassifyError:
+        """`translate_error` with this backend's model and address."""
+        return translate_error(exc, self.ref, str(self.client.base_url))
 
     def body(self, item: ManifestRow, keep_image: bool = True) -> dict[str, Any]:
         """The request body for one item (the same for realtime and Batch)."""
@@ -238,7 +371,7 @@ class OpenAIChatBackend:
         try:
             raw = await self.client.chat.completions.with_raw_response.create(**body)
         except openai.OpenAIError as e:
-            raise translate_error(e, self.ref) from None
+            raise self.translate(e) from None
         latency_ms = (time.perf_counter() - start) * 1000
         if raw.headers.get(EMULATOR_HEADER):
             self.emulated = True
@@ -251,11 +384,52 @@ class OpenAIChatBackend:
         self.images.drop(item)
         return prediction
 
+    def release(self, item: ManifestRow) -> None:
+        """The item is final (answered, or recorded with an error): drop its encoded image."""
+        self.images.drop(item)
+
+    def estimate_tokens(self, item: ManifestRow) -> int:
+        """Tokens the `--tpm` cap counts for this item's request, from the body `classify` sends.
+
+        Its prompt tokens as `estimate` counts them (the messages by the cookbook rule, the answer
+        schema, each image from its size and detail), plus the completion tokens it allows
+        (`max_completion_tokens`): the service's limiters reserve that much for a request before
+        it runs, so counting it keeps the cap on the safe side.
+        """
+        body = self.body(item)  # keeps the encoded image: `classify` reuses it
+        total = tokens.count_chat_tokens(body["messages"])
+        response_format = body.get("response_format") or {}
+        if response_format.get("type") == "json_schema":
+            total += tokens.schema_tokens(response_format["json_schema"].get("schema") or {})
+        for message in body["messages"]:
+            content = message.get("content")
+            for part in content if isinstance(content, list) else []:
+                if isinstance(part, dict) and part.get("type") == "image_url":
+                    detail: Detail = part["image_url"].get("detail") or "auto"
+                    total += tokens.image_tokens(item.width, item.height, detail, self.vision())
+        return total + int(body.get("max_completion_tokens") or body.get("max_tokens") or 0)
+
+    def vision(self) -> VisionRule:
+        """How the model counts image tokens (from the price table; gpt-4o's when it is not there)."""
+        if self._vision is None:
+            try:
+                self._vision = lookup(str(self.ref)).vision
+            except UserError:
+                self._vision = GPT4O_VISION
+        return self._vision
+
     async def detect_emulator(self) -> bool:
-        """Ask once whether the server is the built-in emulator (its responses carry a header)."""
+        """Ask once whether the server is the built-in emulator (its responses carry a header).
+
+        Any failure answers with what is known, except a service that cannot be reached at all:
+        that raises its `TransientError` (with `unreachable` set), so a Batch run can stop early.
+        """
         try:
             raw = await self.client.models.with_raw_response.list()
-        except openai.OpenAIError:
+        except openai.OpenAIError as e:
+            err = self.translate(e)
+            if isinstance(err, TransientError) and err.unreachable is not None:
+                raise err from None
             return self.emulated
         if raw.headers.get(EMULATOR_HEADER):
             self.emulated = True

@@ -20,6 +20,7 @@ from . import draw
 from .api import CHAT_ROUTE, ApiRequest, ApiResponse, find_route, route_name, split_path
 from .apierror import ApiError
 from .service import AZURE_STYLES, EmulatorService
+from .state import ChatArrival
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,20 @@ class _Close(Exception):
 
 def _mask(key: str) -> str:
     return key[:3] + "*" * 4 + key[-4:] if len(key) > 8 else "*" * len(key)
+
+
+def _max_tokens(req: ApiRequest) -> int | None:
+    """The completion tokens a chat request allows, if it says (for the request log)."""
+    try:
+        body = json.loads(req.body)
+    except ValueError:
+        return None
+    value = (
+        body.get("max_completion_tokens") or body.get("max_tokens")
+        if isinstance(body, dict)
+        else None
+    )
+    return value if isinstance(value, int) else None
 
 
 class EmulatorHTTPServer(ThreadingHTTPServer):
@@ -102,11 +117,13 @@ class EmulatorRequestHandler(BaseHTTPRequestHandler):
         return self.rfile.read(length) if length > 0 else b""
 
     def _dispatch(self, method: str) -> None:
+        arrived = time.monotonic()
         svc = self.server.service
         svc.stats.bump("requests")
         started = time.perf_counter()
         request_id = "req_" + svc.store.new_id("", 32, hexa=True)
         style = "openai"
+        chat: ApiRequest | None = None
         try:
             body = self._read_body()
             url = urlsplit(self.path)
@@ -128,6 +145,7 @@ class EmulatorRequestHandler(BaseHTTPRequestHandler):
             self._authenticate(req)
             self._check_api_version(req)
             if req.rest == CHAT_ROUTE and req.method == "POST":
+                chat = req
                 svc.stats.bump("chat_requests")
                 self._maybe_fault(req)
             response = handler(svc, req)
@@ -138,6 +156,8 @@ class EmulatorRequestHandler(BaseHTTPRequestHandler):
                 e.body(), status=e.status, schema="ErrorResponse", headers=e.headers
             )
         except _Close as c:
+            if chat is not None:
+                svc.stats.log_chat(ChatArrival(arrived, None, None, _max_tokens(chat)))
             if c.hold > 0:
                 svc.stop_event.wait(c.hold)
             self.close_connection = True
@@ -148,6 +168,10 @@ class EmulatorRequestHandler(BaseHTTPRequestHandler):
                 500, "The emulator failed on this request (see its log).", type="server_error"
             )
             response = ApiResponse(error.body(), status=500, schema="ErrorResponse")
+        if chat is not None:
+            usage = response.json.get("usage") if isinstance(response.json, dict) else None
+            prompt = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+            svc.stats.log_chat(ChatArrival(arrived, response.status, prompt, _max_tokens(chat)))
         self._send(response, request_id, style, started)
 
     def _authenticate(self, req: ApiRequest) -> None:

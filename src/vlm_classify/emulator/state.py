@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -21,6 +21,8 @@ T = TypeVar("T")
 FILE_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
 """Purposes a client may upload with (the service writes `batch_output` and `fine-tune-results`)."""
 OWNED_BY = "vlm-classify-emulator"
+CHAT_LOG_SIZE = 10_000
+"""Chat requests kept in `Stats.chat_log` (the oldest are forgotten)."""
 
 
 @dataclass
@@ -56,6 +58,25 @@ class FineTunedModel:
     job_id: str
 
 
+@dataclass(frozen=True)
+class ChatArrival:
+    """One chat completion request as the server received it (for rate-limit tests)."""
+
+    at: float
+    """`time.monotonic()` when its request line and headers had been read."""
+    status: int | None
+    """The status answered; None when closed without an answer (a `timeout` or `drop` fault)."""
+    prompt_tokens: int | None
+    """The answer's `usage.prompt_tokens` (None when not answered)."""
+    max_tokens: int | None
+    """The completion tokens the request allowed (`max_completion_tokens` or `max_tokens`)."""
+
+    @property
+    def tokens(self) -> int:
+        """What a tokens-per-minute limiter counts for it: prompt plus allowed completion tokens."""
+        return (self.prompt_tokens or 0) + (self.max_tokens or 0)
+
+
 @dataclass
 class Stats:
     """What the emulator has seen; read it from tests (`emu.stats`)."""
@@ -77,6 +98,10 @@ class Stats:
     """Requests by `METHOD /route` (route with ids replaced by placeholders)."""
     schema_errors: list[str] = field(default_factory=list)
     """Responses that did not match the spec (only with `check_responses`)."""
+    chat_log: deque[ChatArrival] = field(
+        default_factory=lambda: deque(maxlen=CHAT_LOG_SIZE), repr=False
+    )
+    """The last `CHAT_LOG_SIZE` chat requests, in the order they ended; read `chat_arrivals()`."""
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def bump(self, name: str, n: int = 1) -> None:
@@ -90,6 +115,15 @@ class Stats:
     def add_schema_error(self, text: str) -> None:
         with self.lock:
             self.schema_errors.append(text)
+
+    def log_chat(self, arrival: ChatArrival) -> None:
+        with self.lock:
+            self.chat_log.append(arrival)
+
+    def chat_arrivals(self) -> list[ChatArrival]:
+        """The logged chat requests, by arrival time."""
+        with self.lock:
+            return sorted(self.chat_log, key=lambda a: a.at)
 
     def as_dict(self) -> dict[str, Any]:
         """A plain snapshot (for printing or logging)."""
