@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from vlm_classify.arms import PREDICTION_FIELDS
-from vlm_classify.dataset.manifest import read_labels, read_manifest
+from vlm_classify.dataset.manifest import load_sample, read_labels, read_manifest
 
 FT_MODEL = "openai/ft:gpt-4o-2024-08-06:acme:dogs:abc123"
 BASE_MODEL = "openai/gpt-4o-2024-08-06"
@@ -29,9 +29,11 @@ def write_arm(
     completion_tokens: int = 6,
     extra: dict[str, Any] | None = None,
     ids: list[str] | None = None,
+    legacy: bool = False,
 ) -> Path:
     """predictions.csv and arm.json for the test split; `answer(i, label, labels)` gives the
-    prediction (None: an invalid answer), `error(i)` marks failed requests."""
+    prediction (None: an invalid answer), `error(i)` marks failed requests. The arm is bound to
+    the current sample, unless `legacy` (recorded before arms recorded their sample)."""
     labels = read_labels(prepared)
     rows = [r for r in read_manifest(prepared) if r.split == "test"]
     if ids is not None:
@@ -60,6 +62,7 @@ def write_arm(
                     "completion_tokens": 0 if failed else completion_tokens,
                     "attempts": 1,
                     "mode": mode,
+                    "emulated": int(emulated),
                     "error": "ItemError: refused" if failed else "",
                     "raw_answer": pred or ("" if failed else "not sure"),
                 }
@@ -72,6 +75,7 @@ def write_arm(
         "totals": {"items": len(rows), "correct": correct_n},
         "emulated": emulated,
         "provider": model.partition("/")[0],
+        **({} if legacy else {"sample": {"id": load_sample(prepared).identity}}),
         **(extra or {}),
     }
     (out / "arm.json").write_text(json.dumps(doc, indent=2), encoding="utf-8")

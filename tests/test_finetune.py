@@ -129,6 +129,8 @@ def test_azure_finetune_deploy_and_evaluate(small_prepared: Path, emu: Emulator)
     printed = deploy(small_prepared, DeployOptions(job="ft-job", deployment="dogs-ft"))
     assert not printed.sent and "az cognitiveservices account deployment create" in printed.command
     assert result.record["fine_tuned_model"] in printed.command
+    # the user runs the printed command: the name is recorded already
+    assert json.loads(result.path.read_text())["deployments"] == ["dogs-ft"]
     sent = deploy(
         small_prepared,
         DeployOptions(
@@ -144,6 +146,31 @@ def test_azure_finetune_deploy_and_evaluate(small_prepared: Path, emu: Emulator)
     ft = classify(small_prepared, ClassifyOptions(model="azure/dogs-ft", name="ft", runner=FAST))
     assert ft.totals["accuracy"] == 1.0
     assert json.loads((ft.arm_dir / "arm.json").read_text())["fine_tune"]["job_arm"] == "ft-job"
+
+
+def test_a_deployment_named_without_ft_is_known_by_its_record_and_never_batched(
+    small_prepared: Path, emu: Emulator
+) -> None:
+    finetune(small_prepared, _ft(model=f"azure/{BASE}"))
+    opts = DeployOptions(
+        job="ft-job", deployment="dogs", subscription="s", resource_group="rg", account="acct"
+    )
+    assert deploy(small_prepared, opts).sent
+    uploads = sum(n for r, n in emu.stats.routes.items() if r.startswith("POST") and "files" in r)
+    messages: list[str] = []
+    result = classify(
+        small_prepared,
+        ClassifyOptions(model="azure/dogs", name="ft", mode="batch", runner=FAST),
+        on_status=messages.append,
+    )
+    assert any("is a fine-tuned deployment" in m for m in messages)
+    after = sum(n for r, n in emu.stats.routes.items() if r.startswith("POST") and "files" in r)
+    assert after == uploads  # no Batch input uploaded, no batch created
+    assert not any(r.startswith("POST") and "batches" in r for r in emu.stats.routes)
+    with (result.arm_dir / "predictions.csv").open(newline="") as f:
+        assert {r["mode"] for r in csv.DictReader(f)} == {"realtime"}
+    arm = json.loads((result.arm_dir / "arm.json").read_text())
+    assert arm["fine_tuned"] is True and arm["fine_tune"]["job_arm"] == "ft-job"
 
 
 def test_deploy_needs_a_token_and_a_finished_job(

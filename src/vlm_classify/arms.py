@@ -23,6 +23,7 @@ PREDICTION_FIELDS = [
     "completion_tokens",
     "attempts",
     "mode",
+    "emulated",
     "error",
     "raw_answer",
 ]
@@ -46,8 +47,14 @@ def arm_dir(prepared_dir: Path, name: str) -> Path:
 def write_arm_files(
     prepared_dir: Path, store: Store, name: str, extra: dict[str, Any]
 ) -> tuple[Path, dict[str, Any]]:
-    """Write predictions.csv and arm.json for `name`; return the folder and the totals."""
+    """Write predictions.csv and arm.json for `name`; return the folder and the totals.
+
+    `extra["emulated"]` marks every row of predictions.csv: a number from the emulator must say
+    so wherever it goes. Accuracy is over the answered items: a failed request is not a wrong
+    answer, and the errors are counted apart.
+    """
     out = arm_dir(prepared_dir, name)
+    emulated = int(bool(extra.get("emulated")))
     out.mkdir(parents=True, exist_ok=True)
     rows = store.predictions(name)
     tmp = out / "predictions.csv.tmp"
@@ -69,6 +76,7 @@ def write_arm_files(
                     p.usage.completion_tokens,
                     r.attempts,
                     r.mode,
+                    emulated,
                     p.error or "",
                     p.raw_answer,
                 ]
@@ -76,14 +84,15 @@ def write_arm_files(
     tmp.replace(out / "predictions.csv")
     n = len(rows)
     answered = [r for r in rows if r.result.error is None]
+    correct = sum(r.correct for r in answered)
     totals = {
         "items": n,
         "answered": len(answered),
         "errors": n - len(answered),
         "valid": sum(r.result.valid for r in rows),
         "invalid": sum(1 for r in answered if not r.result.valid),
-        "correct": sum(r.correct for r in rows),
-        "accuracy": (sum(r.correct for r in rows) / n) if n else None,
+        "correct": correct,
+        "accuracy": (correct / len(answered)) if answered else None,
         "prompt_tokens": sum(r.result.usage.prompt_tokens for r in rows),
         "completion_tokens": sum(r.result.usage.completion_tokens for r in rows),
         "attempts": sum(r.attempts for r in rows),

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any, BinaryIO
 
 import openai
 
@@ -26,24 +26,37 @@ from .backends.openai import OpenAIChatBackend, prediction_from_response, transl
 from .dataset.manifest import ManifestRow
 from .errors import FatalError, TransientError
 from .export import ExportLimits
+from .models import is_fine_tuned_name
 from .openai_wire import AZURE_CHAT_URL, CHAT_URL, batch_line, dumps_line, parse_batch_output_line
-from .runner import Progress, RunSummary, run_items
+from .runner import Progress, RunnerConfig, RunSummary, first_contact, run_items
 from .store import Store
-
-if TYPE_CHECKING:
-    from .classify import ClassifyOptions
 
 log = logging.getLogger(__name__)
 
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
 GONE = {"failed", "expired", "cancelled"}
 KIND = "batch"
+FAILED_LINE = "batch_failed_line"
+"""Remote-object rows of failed lines: status `retrying`, then `retried_answered` or
+`retried_failed` once asked again realtime."""
 INPUT_DIR = "batch-input"
 
 
-def is_fine_tuned(name: str) -> bool:
-    """OpenAI `ft:...` ids and Azure's `<base>.ft-<hex>` model names."""
-    return name.startswith("ft:") or ".ft-" in name
+BATCH_REMOTE_KINDS = (KIND, "batch_input_file", FAILED_LINE)
+"""What a run stores of the Batch API (discarded with the arm's answers by `classify --reset`)."""
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """How a Batch run goes."""
+
+    runner: RunnerConfig
+    """For the realtime requests: failed lines, and models that cannot run in batch."""
+    poll_s: float = 10.0
+    """Seconds between Batch status checks."""
+    fine_tuned: bool = False
+    """The model is known to be fine-tuned (a fine-tune record names it): on Azure it cannot run
+    in batch, whatever its deployment is called."""
 
 
 @dataclass
@@ -106,7 +119,7 @@ class _BatchRun:
     backend: OpenAIChatBackend
     store: Store
     arm: str
-    options: ClassifyOptions
+    options: BatchSettings
     progress: Progress
     on_progress: Callable[[Progress], None] | None
     say: Callable[[str], None]
@@ -207,7 +220,7 @@ class _BatchRun:
                 last = state
             if batch.status in TERMINAL:
                 return batch
-            await asyncio.sleep(self.options.batch_poll_s)
+            await asyncio.sleep(self.options.poll_s)
             try:
                 batch = await self.client.batches.retrieve(batch.id)
             except openai.OpenAIError as e:
@@ -259,7 +272,20 @@ class _BatchRun:
         for cid in sorted(missing):
             reason = reasons.get(cid, f"no output line (batch {batch.status})")
             self.store.put_remote(
-                self.arm, "batch_failed_line", cid, batch.id, status="retried", reason=reason
+                self.arm, FAILED_LINE, cid, batch.id, status="retrying", reason=reason
+            )
+
+    def record_retried(self, ids: Iterable[str]) -> None:
+        """After the realtime retry, mark each failed line `retried_answered` or, when its item
+        is still recorded with an error, `retried_failed` (only those count as errors)."""
+        still_failing = self.store.failed_ids(self.arm)
+        for cid in ids:
+            known = self.store.remote(self.arm, FAILED_LINE, cid)
+            if known is None:
+                continue
+            status = "retried_failed" if cid in still_failing else "retried_answered"
+            self.store.put_remote(
+                self.arm, FAILED_LINE, cid, known.remote_id, status=status, **known.data
             )
 
 
@@ -268,7 +294,7 @@ async def run_batch(
     items: list[ManifestRow],
     store: Store,
     arm: str,
-    options: ClassifyOptions,
+    options: BatchSettings,
     on_progress: Callable[[Progress], None] | None = None,
     on_status: Callable[[str], None] | None = None,
     limits: ExportLimits | None = None,
@@ -283,17 +309,41 @@ async def run_batch(
     run = _BatchRun(
         backend, store, arm, options, progress, on_progress, on_status or (lambda _m: None)
     )
-    run.tick(0)
+    try:  # the client is closed however the run ends
+        return await _run_batch(run, backend, todo, store, arm, options, limits, start)
+    finally:
+        await backend.aclose()
+
+
+async def _run_batch(
+    run: _BatchRun,
+    backend: OpenAIChatBackend,
+    todo: list[ManifestRow],
+    store: Store,
+    arm: str,
+    options: BatchSettings,
+    limits: ExportLimits | None,
+    start: float,
+) -> RunSummary:
     ref = backend.ref
     failed: set[str] = set()
+    azure_ft = False  # no Batch at all: every item goes realtime
     try:
-        if ref.provider == "azure" and is_fine_tuned(ref.name):
+        if ref.provider == "azure" and (options.fine_tuned or is_fine_tuned_name(ref.name)):
+            azure_ft = True
             run.say(
-                "Azure OpenAI does not run batches on fine-tuned deployments: running realtime instead"
+                f"{ref} is a fine-tuned deployment, and Azure OpenAI does not run batches on "
+                "fine-tuned deployments: running realtime instead (nothing is uploaded)"
             )
             failed = {it.id for it in todo}
-        elif todo:
-            await backend.detect_emulator()
+            run.tick(0)
+        elif not todo:
+            run.tick(0)
+        else:
+            # A service that cannot be reached stops the run here, after a short wait (and
+            # before any progress is shown, so that its one line is all there is).
+            await first_contact(backend.detect_emulator, options.runner)
+            run.tick(0)
             by_id = {it.id: it for it in todo}
             await run.collect_stored(by_id)
             url = AZURE_CHAT_URL if ref.provider == "azure" else CHAT_URL
@@ -320,25 +370,32 @@ async def run_batch(
                 await run.record_failures(batch, missing)
                 failed |= missing
     except openai.OpenAIError as e:
-        raise translate_error(e, ref) from None
-    errors = retries = 0
-    try:
-        if failed:
-            if todo and len(failed) < len(todo):
-                run.say(f"{len(failed)} line(s) failed in the batch: retrying them realtime")
-            rest = [it for it in todo if it.id in failed]
-            sub = await run_items(backend, rest, store, arm, "realtime", options.runner)
-            errors, retries = sub.errors, sub.retries
-            run.tick(len(rest))
-    finally:
-        await backend.aclose()
-    batch_failed = len(failed) if not (ref.provider == "azure" and is_fine_tuned(ref.name)) else 0
+        raise backend.translate(e) from None
+    sub = None
+    if failed:
+        if todo and len(failed) < len(todo):
+            run.say(f"{len(failed)} line(s) failed in the batch: retrying them realtime")
+        rest = [it for it in todo if it.id in failed]
+        sub = await run_items(
+            backend,
+            rest,
+            store,
+            arm,
+            "realtime",
+            options.runner,
+            token_estimate=backend.estimate_tokens,
+            reached=not azure_ft,  # the Batch calls reached the service
+        )
+        run.tick(len(rest))
+        if not azure_ft:
+            run.record_retried(failed)
     return RunSummary(
         requested=len(todo),
-        completed=len(todo),
-        errors=errors,
-        retries=retries + batch_failed,
-        skipped=progress.skipped,
+        completed=len(todo) - len(failed) + (sub.completed if sub else 0),
+        errors=sub.errors if sub else 0,
+        retries=sub.retries if sub else 0,
+        skipped=run.progress.skipped,
         wall_s=time.perf_counter() - start,
-        error_kinds={"batch_line_failed": batch_failed} if batch_failed else {},
+        error_kinds=sub.error_kinds if sub else {},
+        batch_lines_retried=0 if azure_ft else len(failed),
     )

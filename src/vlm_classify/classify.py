@@ -16,9 +16,11 @@ from pydantic import BaseModel, Field
 from . import __version__
 from .arms import arm_dir, check_arm_name, write_arm_files
 from .backends.openai import ChatSettings, OpenAIChatBackend, make_client, parse_openai_model
-from .dataset.manifest import Split, load_split
+from .batch import BATCH_REMOTE_KINDS, BatchSettings, run_batch
+from .dataset.manifest import Sample, Split, load_sample
 from .errors import UserError
 from .finetune import find_fine_tune
+from .models import is_fine_tuned_name
 from .openai_wire import AnswerMode, Detail
 from .prompts import PromptStyle
 from .runner import Progress, RunnerConfig, RunSummary, run_items
@@ -46,6 +48,8 @@ class ClassifyOptions(BaseModel):
     """Only the first N items of the split (for a quick look)."""
     retry_failed: bool = False
     """Ask again for items recorded with an error by an earlier run."""
+    reset: bool = False
+    """Discard this arm's recorded answers first (it was run on another sample or settings)."""
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
     batch_poll_s: float = Field(10.0, gt=0)
     """Seconds between Batch status checks."""
@@ -83,31 +87,31 @@ def classify(
     prepared_dir = Path(prepared_dir)
     check_arm_name(options.name)
     ref = parse_openai_model(options.model)
-    items, labels = load_split(prepared_dir, options.split)
+    sample = load_sample(prepared_dir)
+    items = sample.split(options.split)
+    labels = sample.labels
     if options.limit:
         items = items[: options.limit]
+    fine_tune = find_fine_tune(prepared_dir, str(ref))
+    _check_fine_tune_sample(fine_tune, sample, str(ref))
     client = make_client(ref, timeout=options.runner.request_timeout_s)  # credentials checked first
     started = time.time()
     with Store.for_dir(prepared_dir) as store:
-        previous = store.arm(options.name)
-        if previous and (
-            previous["model"] != str(ref) or previous["settings"] != options.recorded_settings()
-        ):
-            raise UserError(
-                f"arm {options.name!r} was run with {previous['model']} {previous['settings']}: "
-                "keep those settings to resume it, or choose another --name"
-            )
-        store.upsert_arm(options.name, str(ref), options.mode, options.recorded_settings())
+        _bind_arm(store, prepared_dir, options, str(ref), sample.identity, on_status)
+        store.upsert_arm(
+            options.name, str(ref), options.mode, options.recorded_settings(), sample.identity
+        )
         if options.retry_failed:
             store.forget(options.name, store.failed_ids(options.name))
         backend = OpenAIChatBackend(
             ref, labels, prepared_dir, options.chat_settings(), client=client
         )
         if options.mode == "batch":
-            from .batch import run_batch
-
+            settings = BatchSettings(
+                runner=options.runner, poll_s=options.batch_poll_s, fine_tuned=fine_tune is not None
+            )
             summary: RunSummary = asyncio.run(
-                run_batch(backend, items, store, options.name, options, on_progress, on_status)
+                run_batch(backend, items, store, options.name, settings, on_progress, on_status)
             )
         else:
             summary = asyncio.run(_realtime(backend, items, store, options, on_progress))
@@ -120,10 +124,13 @@ def classify(
             "errors": summary.errors,
             "retries": summary.retries,
             "error_kinds": summary.error_kinds,
+            "batch_lines_retried": summary.batch_lines_retried,
         }
         extra: dict[str, Any] = {
             "provider": ref.provider,
             "split": options.split,
+            "sample": {"id": sample.identity, "items": len(sample.rows)},
+            "fine_tuned": fine_tune is not None or is_fine_tuned_name(ref.name),
             "emulated": emulated,
             "runner": options.runner.model_dump(),
             "last_run": last_run,
@@ -133,12 +140,64 @@ def classify(
                 "python": platform.python_version(),
             },
         }
-        ft = find_fine_tune(prepared_dir, str(ref))
-        if ft is not None:
+        if fine_tune is not None:
             keys = ("job_arm", "job_id", "base_model", "trained_tokens", "emulated")
-            extra["fine_tune"] = {k: ft.get(k) for k in keys}
+            extra["fine_tune"] = {k: fine_tune.get(k) for k in keys}
         out, totals = write_arm_files(prepared_dir, store, options.name, extra)
     return ClassifyResult(arm_dir=out, totals=totals, summary=last_run, emulated=emulated)
+
+
+def _bind_arm(
+    store: Store,
+    prepared_dir: Path,
+    options: ClassifyOptions,
+    model: str,
+    sample: str,
+    on_status: Callable[[str], None] | None,
+) -> None:
+    """Refuse to resume an arm recorded for another sample, model or settings (nothing is
+    deleted); with `reset`, discard what it recorded first."""
+    name = options.name
+    previous = store.arm(name)
+    if previous is None:
+        return
+    if options.reset:
+        n = store.discard_arm(name, BATCH_REMOTE_KINDS)
+        out = arm_dir(prepared_dir, name)
+        for f in ("predictions.csv", "arm.json"):
+            (out / f).unlink(missing_ok=True)
+        if on_status:
+            on_status(f"--reset: discarded the {n} answer(s) recorded for arm {name!r}")
+        return
+    if not store.has_records(name):
+        return  # nothing recorded yet: nothing to mix up
+    fix = f"choose another --name, or add --reset to discard arm {name!r}'s answers"
+    if previous["sample"] is None:
+        raise UserError(
+            f"arm {name!r} was recorded before arms were bound to their sample, so its answers "
+            f"may belong to an earlier preparation of {prepared_dir}: {fix}"
+        )
+    if previous["sample"] != sample:
+        raise UserError(
+            f"arm {name!r} was run on another sample (sample {previous['sample'][:12]}; "
+            f"{prepared_dir} now holds sample {sample[:12]}, prepared again since): {fix}"
+        )
+    if previous["model"] != model or previous["settings"] != options.recorded_settings():
+        raise UserError(
+            f"arm {name!r} was run with {previous['model']} {previous['settings']}: "
+            f"keep those settings to resume it, or {fix}"
+        )
+
+
+def _check_fine_tune_sample(record: dict[str, Any] | None, sample: Sample, model: str) -> None:
+    """A model fine-tuned on another sample of this folder may have trained on its test items."""
+    if record is None or record.get("sample") in (None, sample.identity):
+        return
+    raise UserError(
+        f"{model} was fine-tuned (arm {record.get('job_arm')!r}) on another sample of "
+        f"{sample.dir} (sample {str(record['sample'])[:12]}, now {sample.short_id}): its training "
+        "items may now be test items. Fine-tune again on this sample with a new --name"
+    )
 
 
 def _previously_emulated(out: Path) -> bool:
@@ -158,7 +217,14 @@ async def _realtime(
 ) -> RunSummary:
     try:
         return await run_items(
-            backend, items, store, options.name, "realtime", options.runner, on_progress
+            backend,
+            items,
+            store,
+            options.name,
+            "realtime",
+            options.runner,
+            on_progress,
+            token_estimate=backend.estimate_tokens,
         )
     finally:
         await backend.aclose()

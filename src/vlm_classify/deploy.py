@@ -88,6 +88,8 @@ def deploy(prepared_dir: Path, options: DeployOptions) -> DeployResult:
         ]
     )
     if not (options.subscription and options.resource_group and options.account):
+        # The user runs the printed command: the name is known to be this fine-tune already.
+        _record_deployment(path, record, options.deployment)
         return DeployResult(sent=False, url=url, body=body, command=command)
     token = os.environ.get("AZURE_MANAGEMENT_TOKEN", "").strip()
     if not token:
@@ -112,9 +114,14 @@ def deploy(prepared_dir: Path, options: DeployOptions) -> DeployResult:
         raise FatalError(f"the deployment was refused ({e.code}): {detail}") from None
     except (urllib.error.URLError, OSError) as e:
         raise FatalError(f"cannot reach {endpoint}: {getattr(e, 'reason', e)}") from None
-    deployments = sorted({*record.get("deployments", []), options.deployment})
-    record["deployments"] = deployments
+    _record_deployment(path, record, options.deployment)
+    return DeployResult(sent=True, url=url, body=body, command=command, response=response)
+
+
+def _record_deployment(path: Path, record: dict[str, Any], deployment: str) -> None:
+    """Name the deployment in finetune.json: `classify azure/<deployment>` then knows it serves
+    this fine-tuned model (Azure deployment names carry no `ft` mark)."""
+    record["deployments"] = sorted({*record.get("deployments", []), deployment})
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     tmp.replace(path)
-    return DeployResult(sent=True, url=url, body=body, command=command, response=response)

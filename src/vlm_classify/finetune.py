@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 
 from .arms import arm_dir, check_arm_name
 from .backends.openai import make_client, parse_openai_model, translate_error
+from .dataset.manifest import load_sample
 from .errors import FatalError, TransientError, UserError
 from .export import ExportOptions, ExportResult, export
 from .openai_wire import Detail
@@ -88,6 +89,14 @@ def finetune(
     prepared_dir = Path(prepared_dir)
     check_arm_name(options.name)
     ref = parse_openai_model(options.model)
+    sample = load_sample(prepared_dir).identity
+    recorded = _read(arm_dir(prepared_dir, options.name)).get("sample")
+    if recorded not in (None, sample):
+        raise UserError(
+            f"arm {options.name!r} fine-tuned on another sample of {prepared_dir} (sample "
+            f"{recorded[:12]}, now {sample[:12]}: it was prepared again since): start a new job "
+            "with another --name"
+        )
     client = make_client(ref)  # credentials checked before any work
     with Store.for_dir(prepared_dir) as store:
         session = _Session(
@@ -98,6 +107,7 @@ def finetune(
             options,
             store,
             on_event or (lambda _e: None),
+            sample,
         )
         return asyncio.run(session.run())
 
@@ -113,6 +123,8 @@ class _Session:
     options: FinetuneOptions
     store: Store
     emit: Callable[[FinetuneEvent], None]
+    sample: str
+    """The identity of the sample this job trains on (`sample_identity`)."""
 
     @property
     def out(self) -> Path:
@@ -133,8 +145,13 @@ class _Session:
                 job = await _create(
                     self.client, self.options, self.base_name, self.store, self._export(), self.emit
                 )
+                created = True
+            else:
+                created = False
             self.out.mkdir(parents=True, exist_ok=True)
             record = _record(job, self.provider, self.options, self.out)
+            if created:  # a job re-attached by its stored id keeps the sample it recorded
+                record["sample"] = self.sample
             _write(self.out, record)
             if self.options.detach and job.status not in TERMINAL:
                 self.say(

@@ -35,3 +35,12 @@ def parse_model(spec: str, providers: Collection[str] | None = None) -> ModelRef
             f"--model {spec!r}: provider {provider!r} is not one of {', '.join(providers)} here ({EXAMPLES})"
         )
     return ModelRef(provider, name)
+
+
+def is_fine_tuned_name(name: str) -> bool:
+    """A model id that says it is fine-tuned: OpenAI's `ft:...` and Azure's `<base>.ft-<hex>`.
+
+    An Azure deployment has whatever name its owner chose, so this is only a fallback: a
+    deployment made by `deploy` is known as fine-tuned from its fine-tune record.
+    """
+    return name.startswith("ft:") or ".ft-" in name

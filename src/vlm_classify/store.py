@@ -64,6 +64,10 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (arm, kind, key)
     );
     """,
+    # 3: the sample an arm was run on (NULL: recorded before arms were bound to their sample)
+    """
+    ALTER TABLE arms ADD COLUMN sample TEXT;
+    """,
 ]
 
 
@@ -148,20 +152,24 @@ class Store:
         return int(self._db.execute("PRAGMA user_version").fetchone()[0])
 
     # arms -------------------------------------------------------------------------------------
-    def upsert_arm(self, name: str, model: str, mode: str, settings: dict[str, Any]) -> None:
+    def upsert_arm(
+        self, name: str, model: str, mode: str, settings: dict[str, Any], sample: str
+    ) -> None:
+        """Create or update an arm, bound to the sample (`sample_identity`) it runs on."""
         now = time.time()
         with self._tx() as db:
             db.execute(
-                "INSERT INTO arms (name, model, mode, settings, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
+                "INSERT INTO arms (name, model, mode, settings, sample, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
                 "model=excluded.model, mode=excluded.mode, settings=excluded.settings, "
-                "updated_at=excluded.updated_at",
-                (name, model, mode, json.dumps(settings, sort_keys=True), now, now),
+                "sample=excluded.sample, updated_at=excluded.updated_at",
+                (name, model, mode, json.dumps(settings, sort_keys=True), sample, now, now),
             )
 
     def arm(self, name: str) -> dict[str, Any] | None:
         row = self._db.execute(
-            "SELECT name, model, mode, settings, created_at, updated_at FROM arms WHERE name = ?",
+            "SELECT name, model, mode, settings, sample, created_at, updated_at "
+            "FROM arms WHERE name = ?",
             (name,),
         ).fetchone()
         if row is None:
@@ -171,9 +179,29 @@ class Store:
             "model": row[1],
             "mode": row[2],
             "settings": json.loads(row[3]),
-            "created_at": row[4],
-            "updated_at": row[5],
+            "sample": row[4],
+            "created_at": row[5],
+            "updated_at": row[6],
         }
+
+    def has_records(self, arm: str) -> bool:
+        """Whether the arm has answers or remote objects (anything a rerun would reuse)."""
+        for table in ("predictions", "remote_objects"):
+            if self._db.execute(f"SELECT 1 FROM {table} WHERE arm = ? LIMIT 1", (arm,)).fetchone():
+                return True
+        return False
+
+    def discard_arm(self, arm: str, remote_kinds: Iterable[str]) -> int:
+        """Delete the arm, its answers and its remote objects of `remote_kinds`; return how many
+        answers were deleted."""
+        kinds = list(remote_kinds)
+        with self._tx() as db:
+            n = db.execute("DELETE FROM predictions WHERE arm = ?", (arm,)).rowcount
+            db.executemany(
+                "DELETE FROM remote_objects WHERE arm = ? AND kind = ?", [(arm, k) for k in kinds]
+            )
+            db.execute("DELETE FROM arms WHERE name = ?", (arm,))
+        return int(n)
 
     # predictions ------------------------------------------------------------------------------
     def record(

@@ -66,7 +66,9 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args or bool(os.environ.get("VLM_CLASSIFY_DEBUG"))
     try:
-        cli.main(args=args, prog_name="vlm-classify", standalone_mode=False)
+        code = cli.main(args=args, prog_name="vlm-classify", standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)  # a command that finished but must not look like success (`ctx.exit`)
     except click.exceptions.Abort:
         err_console.print("[yellow]interrupted[/]: rerun the same command to resume")
         sys.exit(130)

@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.progress import TextColumn
+from rich.markup import escape
+from rich.progress import TaskID, TextColumn
 
 from ..classify import ClassifyOptions, classify
+from ..errors import EXIT_ITEM_ERRORS
 from ..runner import Progress as RunProgress
 from ..runner import RunnerConfig
-from ._console import out_console, progress_bar
+from ._console import err_console, out_console, progress_bar
 from ._options import (
     answer_option,
     detail_option,
@@ -71,6 +73,12 @@ from ._options import (
 @click.option(
     "--retry-failed", is_flag=True, help="Ask again for items an earlier run recorded as errors."
 )
+@click.option(
+    "--reset",
+    is_flag=True,
+    help="Discard this arm's recorded answers first (needed when DIR was prepared again, or to "
+    "change its model or settings under the same --name).",
+)
 @poll_option("Batch")
 def classify_cmd(
     prepared_dir: Path,
@@ -89,13 +97,14 @@ def classify_cmd(
     timeout_s: float,
     max_attempts: int,
     retry_failed: bool,
+    reset: bool,
     poll_s: float,
 ) -> None:
     """Classify the SPLIT of the prepared dataset DIR with MODEL and record every answer.
 
     Answers are saved as they arrive (DIR/runs.sqlite): rerun the same command after an
     interruption and only the missing items are requested. Results: DIR/arms/NAME/predictions.csv
-    and arm.json.
+    and arm.json. Exit code 3: finished, but some items are recorded with an error.
     """
     options = ClassifyOptions.model_validate(
         {
@@ -109,6 +118,7 @@ def classify_cmd(
             "logprobs": logprobs,
             "limit": limit,
             "retry_failed": retry_failed,
+            "reset": reset,
             "batch_poll_s": poll_s,
             "runner": RunnerConfig(
                 concurrency=concurrency,
@@ -119,35 +129,61 @@ def classify_cmd(
             ),
         }
     )
-    with progress_bar(TextColumn("{task.fields[rate]}")) as bar:
-        task = bar.add_task(f"{name} ({mode})", total=None, rate="", errors="")
+    # The bar appears with the first progress or message, so a refusal is one line alone.
+    bar = progress_bar(TextColumn("{task.fields[rate]}"))
+    tasks: list[TaskID] = []
 
-        def on_progress(p: RunProgress) -> None:
-            elapsed = bar.tasks[task].elapsed or 0.0
-            fresh = p.done - p.skipped
-            rate = f"{fresh / elapsed:.1f}/s" if elapsed > 0 and fresh else ""
-            errors = f"{p.errors} errors" if p.errors else ""
-            retries = f" {p.retries} retries" if p.retries else ""
-            bar.update(task, total=p.total, completed=p.done, rate=rate + retries, errors=errors)
+    def task() -> TaskID:
+        if not tasks:
+            bar.start()
+            tasks.append(bar.add_task(f"{name} ({mode})", total=None, rate="", errors=""))
+        return tasks[0]
 
-        def on_status(message: str) -> None:
-            bar.console.print(f"  {message}", highlight=False)
+    def on_progress(p: RunProgress) -> None:
+        t = task()
+        elapsed = bar.tasks[t].elapsed or 0.0
+        fresh = p.done - p.skipped
+        rate = f"{fresh / elapsed:.1f}/s" if elapsed > 0 and fresh else ""
+        errors = f"{p.errors} errors" if p.errors else ""
+        retries = f" {p.retries} retries" if p.retries else ""
+        bar.update(t, total=p.total, completed=p.done, rate=rate + retries, errors=errors)
 
+    def on_status(message: str) -> None:
+        task()
+        bar.console.print(f"  {message}", highlight=False)
+
+    try:
         result = classify(prepared_dir, options, on_progress=on_progress, on_status=on_status)
+    finally:
+        bar.stop()
     t = result.totals
-    acc = "n/a" if t["accuracy"] is None else f"{t['accuracy']:.2%}"
     emulated = (
         " [yellow](emulated: numbers from the built-in emulator, not a real model)[/]"
         if result.emulated
         else ""
     )
-    out_console.print(
-        f"{name}: {t['items']} items, accuracy {acc}, {t['invalid']} invalid answers, "
-        f"{t['errors']} errors, {t['prompt_tokens']:,} prompt + {t['completion_tokens']:,} completion tokens{emulated}"
+    answered = f"{t['answered']} answered" + (f" of {t['items']}" if t["errors"] else "")
+    acc = "n/a" if t["accuracy"] is None else f"{t['accuracy']:.2%}"
+    line = (
+        f"accuracy {acc} over {answered} items, {t['invalid']} invalid answers, "
+        f"{t['prompt_tokens']:,} prompt + {t['completion_tokens']:,} completion tokens{emulated}"
     )
+    if t["errors"]:
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(result.summary["error_kinds"].items()))
+        err_console.print(
+            f"[bold red]{name}: {t['errors']} of {t['items']} items failed[/]"
+            + (f" ({escape(kinds)})" if kinds else "")
+            + f": see the error column of {result.arm_dir / 'predictions.csv'}, then rerun with "
+            "--retry-failed"
+        )
+        out_console.print(f"  {line}")
+    else:
+        out_console.print(f"{name}: {line}")
     if result.summary.get("skipped_already_done"):
         out_console.print(
             f"  {result.summary['skipped_already_done']} items were already done and not requested again"
         )
     out_console.print(f"  {result.arm_dir / 'predictions.csv'}")
     out_console.print(f"  {result.arm_dir / 'arm.json'}")
+    if t["errors"]:
+        click.get_current_context().exit(EXIT_ITEM_ERRORS)

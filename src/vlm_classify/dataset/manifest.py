@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -86,11 +89,49 @@ def read_labels(prepared_dir: Path) -> list[str]:
     return [line for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
+def sample_identity(rows: Iterable[ManifestRow], labels: Iterable[str]) -> str:
+    """A hash of what defines a sample: every item's id, split, label and image, and the label
+    list. Arms and fine-tunes record it, so answers from an earlier preparation of the same folder
+    (another seed, sampling or split) are never resumed or scored as if they were this one's."""
+    h = hashlib.sha256()
+    for r in sorted(rows, key=lambda r: r.id):
+        h.update(json.dumps([r.id, r.split, r.label, r.image_sha256]).encode() + b"\n")
+    h.update(json.dumps(list(labels)).encode())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A prepared sample as read from disk: its rows, its label list and its identity."""
+
+    dir: Path
+    rows: list[ManifestRow]
+    labels: list[str]
+    identity: str
+    """`sample_identity` of the rows and labels."""
+
+    @property
+    def short_id(self) -> str:
+        return self.identity[:12]
+
+    def split(self, split: str) -> list[ManifestRow]:
+        """The split's rows; an empty split is one clear error."""
+        rows = [r for r in self.rows if r.split == split]
+        if not rows:
+            raise UserError(
+                f"the {split} split of {self.dir} is empty: check --split (or the --split of prepare)"
+            )
+        return rows
+
+
+def load_sample(prepared_dir: Path) -> Sample:
+    """The manifest, the label list and the sample's identity."""
+    rows = read_manifest(prepared_dir)
+    labels = read_labels(prepared_dir)
+    return Sample(Path(prepared_dir), rows, labels, sample_identity(rows, labels))
+
+
 def load_split(prepared_dir: Path, split: str) -> tuple[list[ManifestRow], list[str]]:
     """The split's rows and the label list; an empty split is one clear error."""
-    rows = [r for r in read_manifest(prepared_dir) if r.split == split]
-    if not rows:
-        raise UserError(
-            f"the {split} split of {prepared_dir} is empty: check --split (or the --split of prepare)"
-        )
-    return rows, read_labels(prepared_dir)
+    sample = load_sample(prepared_dir)
+    return sample.split(split), sample.labels

@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..dataset.manifest import ManifestRow, read_labels, read_manifest
+from ..dataset.manifest import ManifestRow, Sample, load_sample
 from ..errors import DataError, UserError
 from ..metrics import INVALID
+from ..models import is_fine_tuned_name
 
 REQUIRED = ("id", "label", "prediction", "valid", "error")
 
@@ -44,8 +45,24 @@ class Arm:
 
     @property
     def fine_tuned(self) -> bool:
-        """Recorded as a fine-tune's evaluation, or an OpenAI fine-tuned model id (`ft:...`)."""
-        return bool(self.meta.get("fine_tune")) or self.model.partition("/")[2].startswith("ft:")
+        """A fine-tune's evaluation (arm.json names its job), or as arm.json records it; for an
+        arm recorded before it did, a model id that says it is fine-tuned (`ft:...`)."""
+        if self.meta.get("fine_tune"):
+            return True
+        if "fine_tuned" in self.meta:
+            return bool(self.meta["fine_tuned"])
+        return is_fine_tuned_name(self.model.partition("/")[2])
+
+    @property
+    def sample(self) -> str | None:
+        """The identity of the sample the arm ran on; None for an arm recorded before arms were
+        bound to their sample (its items are then checked by id and label only)."""
+        sample = self.meta.get("sample")
+        return str(sample["id"]) if isinstance(sample, dict) and sample.get("id") else None
+
+    @property
+    def split(self) -> str:
+        return str(self.meta.get("split") or self.meta.get("settings", {}).get("split") or "test")
 
     @property
     def display(self) -> str:
@@ -186,13 +203,10 @@ def align(prepared_dir: Path, arms: list[Arm]) -> Aligned:
                 f"first, {only_b} only in the second): rerun them on the same --split and "
                 "--limit, or choose arms with --arms"
             )
-    manifest = {r.id: r for r in read_manifest(prepared_dir)}
-    unknown = [i for i in first.rows if i not in manifest]
-    if unknown:
-        raise DataError(
-            f"{len(unknown)} ids of arm {first.name!r} are not in {prepared_dir}/manifest.csv "
-            f"(e.g. {unknown[0]!r}): the arms belong to another preparation; rerun classify"
-        )
+    sample = load_sample(prepared_dir)
+    manifest = {r.id: r for r in sample.rows}
+    for arm in arms:
+        _check_sample(arm, sample, manifest)
     order = [r.id for r in manifest.values() if r.id in first.rows]
     ids, excluded = [], []
     for i in order:
@@ -201,14 +215,36 @@ def align(prepared_dir: Path, arms: list[Arm]) -> Aligned:
             excluded.append({"id": i, "arms": failed})
         else:
             ids.append(i)
-    try:
-        labels = read_labels(prepared_dir)
-    except UserError:
-        labels = sorted({r.label for r in manifest.values()})
+    labels = sample.labels
     known = frozenset(labels) | {r.label for r in manifest.values()}
     for arm in arms:
         arm.labels = known
     return Aligned(arms, ids, [manifest[i].label for i in ids], manifest, labels, excluded)
+
+
+def _check_sample(arm: Arm, sample: Sample, manifest: dict[str, ManifestRow]) -> None:
+    """Refuse an arm recorded for another sample, or holding an item that is not, with the same
+    label, in its split of the current sample: it would be scored on the wrong items."""
+    fix = (
+        f"rerun it on this sample with `vlm-classify classify {sample.dir} --name {arm.name} "
+        "--reset` (same --model and settings), or leave it out with --arms"
+    )
+    if arm.sample is not None and arm.sample != sample.identity:
+        raise UserError(
+            f"arm {arm.name!r} was recorded for another sample (sample {arm.sample[:12]}; "
+            f"{sample.dir} now holds sample {sample.short_id}, prepared again since): {fix}"
+        )
+    stray = [
+        i
+        for i, r in arm.rows.items()
+        if i not in manifest or manifest[i].split != arm.split or manifest[i].label != r["label"]
+    ]
+    if stray:
+        raise UserError(
+            f"arm {arm.name!r} holds {len(stray)} item(s) that are not in the {arm.split} split "
+            f"of {sample.dir} as it is now (e.g. {stray[0]!r}): it was run on an earlier "
+            f"preparation; {fix}"
+        )
 
 
 def select_arms(
