@@ -42,6 +42,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/bench_classify_faults.py
 	$(BIN)/python benchmarks/bench_classify_kill.py
 	$(BIN)/python benchmarks/bench_classify_secrets.py
+	$(BIN)/python benchmarks/bench_paired_coverage.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache .ruff_cache .mypy_cache

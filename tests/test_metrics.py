@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
+from scipy.stats import binom, chi2, multinomial, norm
 
 from vlm_classify.cost import ArmUsage, arm_cost, break_even, volume_grid
 from vlm_classify.metrics import (
@@ -14,8 +16,8 @@ from vlm_classify.metrics import (
     compare,
     mcnemar_exact,
     paired_bootstrap,
-    paired_exact_interval,
     per_class,
+    tango_score_interval,
     top_k,
 )
 from vlm_classify.pricing import load_pricing
@@ -34,13 +36,35 @@ def test_wilson_interval_matches_the_formula() -> None:
 
 def test_exact_mcnemar_by_hand() -> None:
     # 2 fixed, 0 broken: p = 2 * (1/2)^2 = 0.5; 6 fixed, 1 broken: 2 * (1 + 7) / 2^7 = 0.125.
-    assert mcnemar_exact([False, False, True], [True, True, True])["p_value"] == pytest.approx(0.5)
+    r = mcnemar_exact([False, False, True], [True, True, True])
+    assert r["p_value"] == pytest.approx(0.5)
+    # mid-p: the observed split counts half. 2-0: 2 * (1/4 - 1/8) = 0.25; 6-1: 2 * (1 + 7/2) / 2^7.
+    assert r["mid_p_value"] == pytest.approx(0.25)
     base = [False] * 6 + [True] + [True] * 3
     arm = [True] * 6 + [False] + [True] * 3
     r = mcnemar_exact(base, arm)
     assert (r["fixed"], r["broken"]) == (6, 1)
     assert r["p_value"] == pytest.approx(0.125)
-    assert mcnemar_exact([True], [True])["p_value"] == 1.0  # no discordant pair
+    assert r["mid_p_value"] == pytest.approx(9 / 128)
+    none = mcnemar_exact([True], [True])  # no discordant pair
+    assert none["p_value"] == 1.0 and none["mid_p_value"] == 1.0
+
+
+def test_mid_p_is_the_exact_tail_with_half_the_observed_split() -> None:
+    for fixed in range(0, 13):
+        for broken in range(0, 13):
+            d = fixed + broken
+            r = mcnemar_exact([False] * fixed + [True] * broken, [True] * fixed + [False] * broken)
+            if d == 0:
+                continue
+            m = min(fixed, broken)
+            by_hand = min(1.0, 2 * (binom.cdf(m, d, 0.5) - 0.5 * binom.pmf(m, d, 0.5)))
+            assert r["mid_p_value"] == pytest.approx(by_hand, abs=1e-12)
+            # Below the exact p by exactly P(X = m) (both sides when the split is lopsided).
+            if fixed != broken:
+                assert r["p_value"] - r["mid_p_value"] == pytest.approx(binom.pmf(m, d, 0.5))
+            else:
+                assert r["mid_p_value"] == pytest.approx(1.0)
 
 
 def test_paired_bootstrap_is_seeded_and_brackets_the_difference() -> None:
@@ -113,28 +137,99 @@ def test_break_even_by_hand() -> None:
     assert be["kind"] == "below" and be["volume_per_month"] == pytest.approx(730 / 0.0005)
 
 
-def test_exact_delta_interval_agrees_with_mcnemar() -> None:
-    # The reviewer's case: 5 fixed, 0 broken of 60. McNemar p = 2 / 2^5 = 0.0625, so the
-    # interval must include 0; the percentile bootstrap (+1.7 to +15 pp) did not.
+@pytest.mark.parametrize(
+    ("fixed", "broken", "n", "confidence", "published"),
+    [
+        # Published Tango intervals, as pinned (3 decimals) in the ratesci package's tests:
+        (9, 3, 32, 0.95, (-0.027, 0.390)),  # Tango (1998)
+        (0, 1, 44, 0.90, (-0.096, 0.037)),  # Tango (1998): one discordant pair in 44
+        (16, 8, 86, 0.95, (-0.020, 0.207)),  # Agresti and Min (2005)
+        (1, 7, 21, 0.95, (-0.517, -0.026)),  # Fagerland, Lydersen and Laake (2014), Bentur data
+    ],
+)
+def test_tango_interval_matches_published_examples(
+    fixed: int, broken: int, n: int, confidence: float, published: tuple[float, float]
+) -> None:
+    lo, hi = tango_score_interval(fixed, broken, n, confidence)
+    assert (round(lo, 3), round(hi, 3)) == published
+
+
+def _tango_statistic(delta: float, fixed: int, broken: int, n: int) -> float:
+    """Tango's score statistic written out from Fagerland et al. (2014), eqs. for p21-tilde."""
+    w = -fixed - broken + (2 * n - fixed + broken) * delta
+    p21 = (math.sqrt(w * w + 8 * n * broken * delta * (1 - delta)) - w) / (4 * n)
+    return (fixed - broken - n * delta) / math.sqrt(n * (2 * p21 + delta * (1 - delta)))
+
+
+def test_tango_interval_is_where_the_score_test_does_not_reject() -> None:
+    z = norm.ppf(0.975)
+    for fixed, broken, n in [(16, 3, 60), (5, 0, 60), (0, 5, 60), (7, 7, 100), (30, 12, 600)]:
+        lo, hi = tango_score_interval(fixed, broken, n)
+        est = (fixed - broken) / n
+        assert lo < est < hi
+        assert _tango_statistic(lo, fixed, broken, n) == pytest.approx(z, abs=1e-6)
+        assert _tango_statistic(hi, fixed, broken, n) == pytest.approx(-z, abs=1e-6)
+        assert _tango_statistic(lo - 1e-4, fixed, broken, n) > z  # rejected just outside
+        assert _tango_statistic(hi + 1e-4, fixed, broken, n) < -z
+
+
+def test_tango_interval_leaves_out_zero_exactly_when_mcnemars_score_test_rejects() -> None:
+    # At delta = 0 Tango's statistic is McNemar's uncorrected one: (fixed - broken)^2 / d.
+    for n in (40, 60):
+        for fixed in range(0, 21):
+            for broken in range(0, 21):
+                lo, hi = tango_score_interval(fixed, broken, n)
+                d = fixed + broken
+                rejects = d > 0 and chi2.sf((fixed - broken) ** 2 / d, 1) < 0.05
+                assert lo <= (fixed - broken) / n <= hi
+                assert (lo > 0 or hi < 0) == rejects, (fixed, broken, n, lo, hi)
+
+
+def test_tango_interval_edge_cases() -> None:
+    z2 = norm.ppf(0.975) ** 2
+    lo, hi = tango_score_interval(0, 0, 60)  # no discordant item: the score bound z^2 / (n + z^2)
+    assert (lo, hi) == (pytest.approx(-z2 / (60 + z2)), pytest.approx(z2 / (60 + z2)))
+    assert tango_score_interval(60, 0, 60)[1] == 1.0  # every item fixed
+    assert tango_score_interval(0, 60, 60)[0] == -1.0  # every item broken
+    assert 0 < tango_score_interval(60, 0, 60)[0] < 1
+    assert all(math.isnan(x) for x in tango_score_interval(0, 0, 0))
+    with pytest.raises(ValueError):
+        tango_score_interval(40, 30, 60)
+
+
+@pytest.mark.parametrize(
+    ("n", "delta", "discordant"),
+    [(60, 0.2, 0.3), (60, 0.2, 0.2), (100, 0.05, 0.15), (100, 0.0, 0.1), (100, 0.1, 0.1)],
+)
+def test_tango_interval_keeps_its_95_percent_promise(
+    n: int, delta: float, discordant: float
+) -> None:
+    # Exact coverage: every (fixed, broken) table weighted by its multinomial probability. The
+    # conditional exact interval used before covered (100, 0.1, 0.1) 53% of the time.
+    tables = np.array([(b, c, n - b - c) for b in range(n + 1) for c in range(n + 1 - b)])
+    probs = ((discordant + delta) / 2, (discordant - delta) / 2, 1 - discordant)
+    weight = multinomial.pmf(tables, n, probs)
+    covered = [
+        lo <= delta <= hi for lo, hi in (tango_score_interval(b, c, n) for b, c, _ in tables)
+    ]
+    assert 0.935 <= weight[covered].sum() <= 0.97
+
+
+def test_compare_quotes_tango_and_both_mcnemar_p_values() -> None:
+    # The reviewer's case: 5 fixed, 0 broken of 60. The exact test is conservative (p = 2 / 2^5
+    # = 0.0625); mid-p = 1 / 2^5 and the score test (chi-square 5) both reject at 5%.
     base = [False] * 5 + [True] * 30 + [False] * 25
     arm = [True] * 5 + [True] * 30 + [False] * 25
     c = compare([str(i) for i in range(60)], ["A"] * 60, _answers(base), _answers(arm))
+    assert c["delta_ci_method"] == "tango-score"
     assert c["mcnemar"]["p_value"] == pytest.approx(0.0625)
+    assert c["mcnemar"]["mid_p_value"] == pytest.approx(1 / 32)
     lo, hi = c["delta_ci"]
-    assert c["delta_ci_method"] == "exact"
-    assert lo < 0 < hi and hi == pytest.approx(5 / 60)  # all discordant fixed: θ's top is 1
-    assert c["delta_ci_bootstrap"][0] > 0  # the bootstrap alone would call it real
-    # Clopper-Pearson for 5 of 5 by hand: the lower end is 0.025^(1/5).
-    assert lo == pytest.approx((2 * 0.025 ** (1 / 5) - 1) * 5 / 60)
-    # Over many tables: the interval leaves out 0 exactly when p < 0.05.
-    for fixed in range(0, 16):
-        for broken in range(0, 16):
-            lo, hi = paired_exact_interval(fixed, broken, 60)
-            p = mcnemar_exact([False] * fixed + [True] * broken, [True] * fixed + [False] * broken)[
-                "p_value"
-            ]
-            assert lo <= (fixed - broken) / 60 <= hi
-            assert (lo > 0 or hi < 0) == (p < 0.05), (fixed, broken, lo, hi, p)
+    assert 0 < lo < 5 / 60 < hi
+    assert (lo, hi) == tango_score_interval(5, 0, 60)
+    # The demo's 16 fixed and 3 broken of 60: the conditional exact interval said +6.6 to +29.5.
+    lo, hi = tango_score_interval(16, 3, 60)
+    assert (round(lo * 100, 1), round(hi * 100, 1)) == (8.2, 35.3)
 
 
 def _answers(ok: list[bool]) -> list[str]:

@@ -7,6 +7,7 @@ import csv
 import json
 import math
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 import pytest
@@ -27,6 +28,7 @@ from vlm_classify.pricing import lookup
 from vlm_classify.report import ReportOptions, build_report, compute
 
 LABELS = ["Beagle", "Chihuahua", "Golden Retriever", "Pug"]
+Z975 = NormalDist().inv_cdf(0.975)
 TRAINED = 1_200_000
 
 
@@ -65,6 +67,14 @@ def _binom_two_sided(k: int, n: int) -> float:
         return 1.0
     probs = [math.comb(n, i) / 2**n for i in range(n + 1)]
     return min(1.0, sum(p for p in probs if p <= probs[k] * (1 + 1e-7)))
+
+
+def _mid_p(k: int, n: int) -> float:
+    """McNemar's mid-p: the exact two-sided tail with half the observed split's probability."""
+    if n == 0:
+        return 1.0
+    m = min(k, n - k)
+    return min(1.0, 2 * (sum(math.comb(n, i) for i in range(m)) + math.comb(n, m) / 2) / 2**n)
 
 
 def check_against_results(out: Path, arms: list[str], baseline: str) -> dict[str, Any]:
@@ -126,10 +136,14 @@ def check_against_results(out: Path, arms: list[str], baseline: str) -> dict[str
         assert c["delta_accuracy"] == pytest.approx((sum(ok) - sum(base_ok)) / n)
         lo, hi = c["delta_ci"]
         assert lo <= c["delta_accuracy"] <= hi
-        p = _binom_two_sided(len(fixed), len(fixed) + len(broken))
+        d = len(fixed) + len(broken)
+        p = _binom_two_sided(len(fixed), d)
         assert c["mcnemar"]["p_value"] == pytest.approx(p, rel=1e-9)
-        # The exact interval and the exact test tell the same story.
-        assert (lo > 0 or hi < 0) == (p < 0.05)
+        assert c["mcnemar"]["mid_p_value"] == pytest.approx(_mid_p(len(fixed), d), rel=1e-9)
+        # Tango's interval leaves out 0 exactly when McNemar's uncorrected chi-square rejects.
+        score_rejects = d > 0 and (len(fixed) - len(broken)) ** 2 / d > Z975**2
+        assert c["delta_ci_method"] == "tango-score"
+        assert (lo > 0 or hi < 0) == score_rejects
     return m
 
 
@@ -371,25 +385,59 @@ def _zero_shot_answer(i: int, label: str, labels: list[str]) -> str | None:
     return None if i % 11 == 0 else wrong(label, labels) if i % 4 == 0 else label
 
 
-def test_few_discordant_items_are_called_possibly_chance(two_arms: Path) -> None:
-    # Fixes 5 of the baseline's mistakes and breaks none: McNemar p = 2 / 2^5 = 0.0625.
-    fixed_items = {0, 4, 8, 11, 12}
-    write_arm(
-        two_arms,
-        "tweak",
-        lambda i, label, labels: label if i in fixed_items else _zero_shot_answer(i, label, labels),
-        mode="batch",
-    )
+@pytest.mark.parametrize(
+    ("fixed_items", "broken_items", "says"),
+    [
+        # 5 fixed, 0 broken: exact p = 2 / 2^5 = 0.0625 (conservative), mid-p = 1 / 2^5, and the
+        # score interval leaves out 0 (chi-square 5): no caveat.
+        ({0, 4, 8, 11, 12}, set(), None),
+        # 5 fixed, 1 broken: mid-p = 8 / 64, chi-square 16 / 6 = 2.7: both call it possibly chance.
+        (
+            {0, 4, 8, 11, 12},
+            {1},
+            "The interval includes zero and McNemar's mid-p is 0.12, not below 0.05: "
+            "on these items the difference may be chance.",
+        ),
+        # 4 fixed, 0 broken: chi-square 4 > 3.84 (the interval leaves out 0), mid-p = 1 / 16.
+        (
+            {0, 4, 8, 12},
+            set(),
+            "The interval leaves out zero but McNemar's mid-p is 0.062, not below 0.05: the two "
+            "disagree at the margin, so on these items the difference may be chance.",
+        ),
+    ],
+)
+def test_few_discordant_items_get_what_the_interval_and_the_test_each_say(
+    two_arms: Path, fixed_items: set[int], broken_items: set[int], says: str | None
+) -> None:
+    def answer(i: int, label: str, labels: list[str]) -> str | None:
+        if i in fixed_items:
+            return label
+        if i in broken_items:
+            return wrong(label, labels)
+        return _zero_shot_answer(i, label, labels)
+
+    write_arm(two_arms, "tweak", answer, mode="batch")
     m, _ = compute(two_arms, ReportOptions(arms=["zero-shot", "tweak"]))
     c = m["comparisons"]["tweak"]
-    assert (c["mcnemar"]["fixed"], c["mcnemar"]["broken"]) == (5, 0)
-    assert c["mcnemar"]["p_value"] == pytest.approx(0.0625)
-    assert c["delta_ci_bootstrap"][0] > 0  # the bootstrap alone would call it real
-    assert c["delta_ci"][0] < 0 < c["delta_ci"][1]
+    mc = c["mcnemar"]
+    assert (mc["fixed"], mc["broken"]) == (len(fixed_items), len(broken_items))
+    d = mc["fixed"] + mc["broken"]
+    assert mc["p_value"] == pytest.approx(_binom_two_sided(mc["fixed"], d))
+    assert mc["mid_p_value"] == pytest.approx(_mid_p(mc["fixed"], d))
     text = " ".join(m["verdict"]["text"])
-    assert "tweak gains +17.9 pp accuracy against zero-shot" in text  # not "Fine-tuning"
-    assert "may be chance" in text and "McNemar p is 0.062" in text
-    assert "delta_ci_bootstrap" in m["methods"] and "exact" in m["methods"]["delta_ci"]
+    lo, hi = c["delta_ci"]
+    ci = f"(Tango score 95% CI {lo * 100:+.1f} pp to {hi * 100:+.1f} pp, McNemar mid-p = "
+    assert ci in text
+    assert "exact 95% CI" not in text
+    if says is None:
+        assert lo > 0 and "may be chance" not in text
+        assert c["delta_ci_bootstrap"][0] > 0
+        assert "tweak gains +17.9 pp accuracy against zero-shot" in text  # not "Fine-tuning"
+    else:
+        assert says in text
+    assert "delta_ci_bootstrap" in m["methods"] and "Tango" in m["methods"]["delta_ci"]
+    assert m["verdict"]["sources"]["tweak.mid_p"] == "comparisons.tweak.mcnemar.mid_p_value"
 
 
 def test_a_losing_arm_loses_a_positive_number_of_points(two_arms: Path) -> None:

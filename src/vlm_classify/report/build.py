@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from pydantic import BaseModel, Field
 from .. import __version__
 from ..cost import (
     FAR_BEYOND,
+    HOURS_PER_MONTH,
     ArmUsage,
     ServingMode,
     arm_cost,
@@ -30,7 +30,6 @@ from ..pricing import load_pricing
 from .load import Aligned, Arm, align, latency_studies, select_arms
 from .verdict import verdict
 
-log = logging.getLogger(__name__)
 MAX_VOLUME = 1e12
 """The largest --volume taken (a trillion images a month): beyond it the cost curve overflows."""
 
@@ -42,8 +41,10 @@ ARM_COLUMNS = (
     "latency_ms",
     "prompt_tokens",
     "completion_tokens",
+    "emulated",
 )
-"""results.csv columns written for each arm, as `<arm>.<column>`."""
+"""results.csv columns written for each arm, as `<arm>.<column>` (`emulated` is 1 when the
+built-in emulator answered: its numbers are settings, not a model's)."""
 
 
 class ReportOptions(BaseModel):
@@ -106,6 +107,7 @@ def results_csv(al: Aligned) -> str:
                 r.get("latency_ms", ""),
                 r.get("prompt_tokens", ""),
                 r.get("completion_tokens", ""),
+                int(a.emulated),
             ]
         w.writerow(row)
     return f.getvalue()
@@ -139,6 +141,7 @@ def _arm_block(arm: Arm, al: Aligned) -> dict[str, Any]:
         "model": arm.model,
         "mode": arm.mode,
         "emulated": arm.emulated,
+        "sample_verified": arm.sample is not None,
         "fine_tuned": arm.fine_tuned,
         "fine_tune": ft or None,
         "finetune_job": {k: v for k, v in (arm.finetune or {}).items() if k != "_dir"} or None,
@@ -208,7 +211,7 @@ def _cost_section(
         "serving": opts.serving,
         "volume_per_month": opts.volume,
         "months": opts.months,
-        "hours_per_month": 730,
+        "hours_per_month": HOURS_PER_MONTH,
         "break_even": evens,
         "curve": {"volumes": grid, "monthly_usd": curves},
     }
@@ -242,15 +245,18 @@ def compute(prepared_dir: Path, opts: ReportOptions) -> tuple[dict[str, Any], Al
         "baseline": baseline,
         "methods": {
             "accuracy_ci": "Wilson score interval, 95% (scipy.stats.binomtest.proportion_ci)",
-            "delta_ci": "exact 95% interval consistent with McNemar's test: Clopper-Pearson "
-            "interval of θ = fixed / (fixed + broken), mapped to Δ = (2θ − 1)·(fixed + broken)/n "
-            "(conditional on the number of discordant items; leaves out 0 exactly when p < 0.05)",
+            "delta_ci": "Tango's asymptotic score interval, 95% (Tango 1998; recommended by "
+            "Fagerland, Lydersen and Laake 2014): the differences Δ its score test does not reject, "
+            "found with scipy.optimize.brentq; leaves out 0 exactly when McNemar's asymptotic "
+            "(uncorrected chi-square) test has p < 0.05; coverage simulated in docs/report.md",
             "delta_ci_bootstrap": f"paired bootstrap over items, {BOOTSTRAP_RESAMPLES} resamples, "
             f"percentile 95%, seed {opts.seed} (shown for reference: too narrow with few "
             "discordant items)",
-            "mcnemar": "exact: two-sided binomial test on the discordant pairs (scipy)",
-            "chance": "a difference is called possibly chance when McNemar's p >= 0.05 or an "
-            "interval includes 0",
+            "mcnemar": "p_value: exact conditional test, two-sided binomial test of fixed out of "
+            "fixed + broken at 1/2 (scipy); mid_p_value: its mid-p version, 2·[P(X <= m) − "
+            "P(X = m)/2] with m = min(fixed, broken) (Fagerland, Lydersen and Laake 2013)",
+            "chance": "a difference is called possibly chance when delta_ci includes 0 or "
+            "McNemar's mid-p >= 0.05; when the two disagree the verdict says what each says",
             "serving": f"every arm priced as served {opts.serving} (--serving); a model that "
             "cannot be served that way is priced realtime, with a note",
             "per_correct": "cost per correct prediction: tokens only (per_correct), and at "

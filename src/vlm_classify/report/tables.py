@@ -97,6 +97,7 @@ def comparison_table(m: dict[str, Any]) -> Table:
                 pp(c["delta_accuracy"]),
                 f"{pp(lo)} to {pp(hi)}",
                 f"{pp(blo)} to {pp(bhi)}",
+                pval(mc["mid_p_value"]).removeprefix("p = "),
                 pval(mc["p_value"]).removeprefix("p = "),
                 str(mc["fixed"]),
                 str(mc["broken"]),
@@ -109,17 +110,20 @@ def comparison_table(m: dict[str, Any]) -> Table:
             "baseline",
             "n",
             "Δ accuracy",
-            "95% CI (exact)",
+            "95% CI (Tango score)",
             "95% CI (bootstrap)",
-            "McNemar p (exact)",
+            "McNemar mid-p",
+            "McNemar exact p",
             "fixed",
             "broken",
         ],
         rows,
         "fixed: wrong in the baseline, right in the arm; broken: the reverse. The ids are in "
-        "metrics.json (comparisons.<arm>.fixed_ids / broken_ids). The exact interval agrees with "
-        "McNemar's test (it leaves out 0 exactly when p < 0.05); the paired bootstrap is shown "
-        "for reference and is too narrow when few items differ.",
+        "metrics.json (comparisons.<arm>.fixed_ids / broken_ids). The Tango score interval is "
+        "the one the verdict quotes; it leaves out 0 exactly when McNemar's asymptotic test has "
+        "p < 0.05, so at the margin it can disagree with the mid-p test. The exact p is "
+        "conservative; the paired bootstrap is shown for reference and is too narrow when few "
+        "items differ. Coverage of each: docs/report.md.",
     )
 
 
@@ -352,7 +356,7 @@ def cost_tables(m: dict[str, Any]) -> list[Table]:
                     "cost per error avoided",
                 ],
                 rows,
-                f"Training amortised over {cost['months']:g} months; hosting {cost['hours_per_month']} "
+                f"Training amortised over {cost['months']:g} months; hosting {cost['hours_per_month']:g} "
                 "hours a month. Break-even counts money only; 'cost per error avoided' is the extra "
                 "monthly cost divided by the errors the arm avoids a month.",
             )

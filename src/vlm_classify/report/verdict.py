@@ -24,10 +24,13 @@ def usd(x: float | None) -> str:
     return f"{sign}${x:,.2f}" if x >= 1 or x == 0 else f"{sign}${x:.4g}"
 
 
-def pval(p: float | None) -> str:
+def pval(p: float | None, name: str = "p") -> str:
+    """A p-value as "p = 0.031" (or "mid-p = 0.031" with `name`), "p < 0.0001" when tiny."""
     if p is None:
         return "n/a"
-    return "p < 0.0001" if p < 0.0001 else f"p = {p:.4f}" if p < 0.01 else f"p = {p:.3f}"
+    if p < 0.0001:
+        return f"{name} < 0.0001"
+    return f"{name} = {p:.4f}" if p < 0.01 else f"{name} = {p:.3f}"
 
 
 def count(x: float | None) -> str:
@@ -66,6 +69,15 @@ def verdict(metrics: dict[str, Any]) -> dict[str, Any]:
             "Emulated: arms marked (emulated) were answered by the built-in emulator, not a real "
             "model; their numbers show how the report reads, not how the model performs."
         )
+    for name, a in arms.items():
+        if not a.get("sample_verified", True):
+            text.append(
+                f"Unverified: {a['display']} was recorded before arms were bound to their "
+                "sample, so it is not bound to its sample: its items match the current split "
+                "by id and label, but its images were not checked. Rerun it with "
+                "`vlm-classify classify ... --reset` to be sure."
+            )
+            sources[f"{name}.sample_verified"] = f"arms.{name}.sample_verified"
     if len(arms) == 1:
         text.append(
             f"{b['display']} is correct on {pct(b['accuracy'])} of {b['n']} test items "
@@ -79,7 +91,7 @@ def verdict(metrics: dict[str, Any]) -> dict[str, Any]:
         sources |= {
             f"{name}.delta": f"comparisons.{name}.delta_accuracy",
             f"{name}.ci": f"comparisons.{name}.delta_ci",
-            f"{name}.p": f"comparisons.{name}.mcnemar.p_value",
+            f"{name}.mid_p": f"comparisons.{name}.mcnemar.mid_p_value",
             f"{name}.fixed": f"comparisons.{name}.mcnemar.fixed",
             f"{name}.broken": f"comparisons.{name}.mcnemar.broken",
             f"{name}.accuracy": f"arms.{name}.accuracy",
@@ -119,16 +131,23 @@ def verdict(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def _accuracy_sentence(a: dict[str, Any], b: dict[str, Any], c: dict[str, Any]) -> str:
+    """The difference with Tango's interval and McNemar's mid-p, and what they say about chance.
+
+    The interval leaves out 0 exactly when McNemar's asymptotic test rejects, which is a little
+    readier to reject than the mid-p test (4 fixed and 0 broken: it rejects, mid-p = 0.0625);
+    when the two disagree the sentence says what each says.
+    """
     d = c["delta_accuracy"]
     lo, hi = c["delta_ci"]
     m = c["mcnemar"]
+    mid_p = m["mid_p_value"]
     if d > 0:
         change = f"gains {pp(d)} accuracy"
     elif d < 0:
         change = f"loses {pp(abs(d)).lstrip('+')} accuracy"
     else:
         change = "changes accuracy by 0.0 pp"
-    stats = f"exact 95% CI {pp(lo)} to {pp(hi)}, McNemar {pval(m['p_value'])}"
+    stats = f"Tango score 95% CI {pp(lo)} to {pp(hi)}, McNemar {pval(mid_p, 'mid-p')}"
     if a["fine_tuned"] and not b["fine_tuned"]:
         s = f"Fine-tuning {change} ({stats}): {a['display']} against {b['display']}, "
     else:
@@ -137,15 +156,20 @@ def _accuracy_sentence(a: dict[str, Any], b: dict[str, Any], c: dict[str, Any]) 
         f"{pct(b['accuracy'])} to {pct(a['accuracy'])} on {c['n']} test items, "
         f"{m['fixed']} {_items(m['fixed'])} fixed and {m['broken']} broken."
     )
-    intervals = [c["delta_ci"], c.get("delta_ci_bootstrap") or c["delta_ci"]]
-    reasons = []
-    if m["p_value"] >= CHANCE_P:
-        reasons.append(f"McNemar p is {m['p_value']:.2g}, not below {CHANCE_P:g}")
-    if any(x <= 0 <= y for x, y in intervals):
-        reasons.append("the interval includes zero")
-    if reasons:
-        why = " and ".join(reasons)
-        s += f" {why[0].upper()}{why[1:]}: on these items the difference may be chance."
+    includes_zero = lo <= 0 <= hi
+    chance_by_p = mid_p >= CHANCE_P
+    if includes_zero or chance_by_p:
+        ci_says = "includes zero" if includes_zero else "leaves out zero"
+        p_says = (
+            f"McNemar's mid-p is {mid_p:.2g}, {'not ' if chance_by_p else ''}below {CHANCE_P:g}"
+        )
+        if includes_zero == chance_by_p:
+            s += f" The interval {ci_says} and {p_says}: on these items the difference may be chance."
+        else:
+            s += (
+                f" The interval {ci_says} but {p_says}: the two disagree at the margin, so on "
+                "these items the difference may be chance."
+            )
     return s
 
 
