@@ -13,13 +13,8 @@ from pathlib import Path
 import pytest
 
 from vlm_classify import tokens
-from vlm_classify.tokens import (
-    GPT4O_VISION,
-    VisionRule,
-    count_chat_tokens,
-    count_text,
-    image_tokens,
-)
+from vlm_classify.pricing import GPT4O_VISION, VisionRule
+from vlm_classify.tokens import count_chat_tokens, count_text, image_tokens
 
 SAMPLES = [
     "hello world",

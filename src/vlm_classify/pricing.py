@@ -12,12 +12,32 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import UserError
 from .models import parse_model
-from .tokens import VisionRule
 
 CostMode = Literal["realtime", "batch", "finetuned"]
 COST_MODES: tuple[CostMode, ...] = ("realtime", "batch", "finetuned")
 
 PRICING_DOC = "docs/pricing.md"
+
+
+class VisionRule(BaseModel):
+    """How a model family turns an image into input tokens (tile-based gpt-4o style)."""
+
+    low_tokens: int = Field(default=85, ge=0)
+    """Tokens of any image sent with `detail: low`."""
+    base_tokens: int = Field(default=85, ge=0)
+    """Tokens always added for a `detail: high` image."""
+    tile_tokens: int = Field(default=170, ge=0)
+    """Tokens per tile of a `detail: high` image."""
+    tile_px: int = Field(default=512, gt=0)
+    """Tile side in pixels."""
+    max_px: int = Field(default=2048, gt=0)
+    """First the image is scaled down to fit a max_px x max_px square."""
+    short_side_px: int = Field(default=768, gt=0)
+    """Then scaled down so its shortest side is at most this."""
+
+
+GPT4O_VISION = VisionRule()
+"""gpt-4o: 85 low, 85 + 170 per 512px tile high."""
 
 
 class PriceEntry(BaseModel):

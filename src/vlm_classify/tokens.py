@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import tiktoken
-from pydantic import BaseModel, Field
 
 from .openai_wire import DETAILS, AnswerMode, Detail
+from .pricing import GPT4O_VISION, VisionRule, lookup
 
 ENCODING_NAME = "o200k_base"
 O200K_URL = "https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken"
@@ -187,27 +187,6 @@ def completion_tokens(label: str, answer: AnswerMode = "enum") -> int:
 # --- images -------------------------------------------------------------------------------------
 
 
-class VisionRule(BaseModel):
-    """How a model family turns an image into input tokens (tile-based gpt-4o style)."""
-
-    low_tokens: int = Field(default=85, ge=0)
-    """Tokens of any image sent with `detail: low`."""
-    base_tokens: int = Field(default=85, ge=0)
-    """Tokens always added for a `detail: high` image."""
-    tile_tokens: int = Field(default=170, ge=0)
-    """Tokens per tile of a `detail: high` image."""
-    tile_px: int = Field(default=512, gt=0)
-    """Tile side in pixels."""
-    max_px: int = Field(default=2048, gt=0)
-    """First the image is scaled down to fit a max_px x max_px square."""
-    short_side_px: int = Field(default=768, gt=0)
-    """Then scaled down so its shortest side is at most this."""
-
-
-GPT4O_VISION = VisionRule()
-"""gpt-4o: 85 low, 85 + 170 per 512px tile high."""
-
-
 def image_tokens(
     width: int, height: int, detail: Detail, model: str | VisionRule = GPT4O_VISION
 ) -> int:
@@ -218,7 +197,7 @@ def image_tokens(
     lets the API choose; it is counted as `high` here, the conservative choice. `model` is a
     `provider/model` string (its rule comes from the price table) or a `VisionRule`.
     """
-    rule = model if isinstance(model, VisionRule) else _rule_for(model)
+    rule = model if isinstance(model, VisionRule) else lookup(model).vision
     if detail == "low":
         return rule.low_tokens
     if detail not in ("high", "auto"):
@@ -234,12 +213,6 @@ def image_tokens(
         w, h = w * scale, h * scale
     tiles = math.ceil(round(w, 6) / rule.tile_px) * math.ceil(round(h, 6) / rule.tile_px)
     return rule.base_tokens + rule.tile_tokens * tiles
-
-
-def _rule_for(model: str) -> VisionRule:
-    from .pricing import lookup  # the price table carries the per-model vision constants
-
-    return lookup(model).vision
 
 
 def schema_tokens(schema: Mapping[str, Any]) -> int:

@@ -11,7 +11,6 @@ import binascii
 import functools
 import hashlib
 import io
-import logging
 import math
 import re
 from dataclasses import dataclass, field
@@ -20,10 +19,10 @@ from typing import Any
 from PIL import Image
 
 from .. import tokens
+from ..errors import UserError
+from ..pricing import GPT4O_VISION, VisionRule, lookup
 from .apierror import ApiError
 from .oracle import Decision, Oracle
-
-log = logging.getLogger(__name__)
 
 SYSTEM_FINGERPRINT = "fp_emulated"
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^,;]*)*?);base64,", re.I)
@@ -185,13 +184,11 @@ def labels_in_prompt(messages: list[dict[str, Any]]) -> list[str] | None:
 
 
 @functools.lru_cache(maxsize=64)
-def _vision_rule(base_model: str) -> tokens.VisionRule:
+def _vision_rule(base_model: str) -> VisionRule:
     try:
-        from ..pricing import lookup
-
         return lookup(f"openai/{base_model}").vision
-    except Exception:
-        return tokens.GPT4O_VISION
+    except UserError:  # a model the price table does not know: count it as gpt-4o does
+        return GPT4O_VISION
 
 
 def image_token_count(image: ImageRef, base_model: str) -> int:
