@@ -46,7 +46,11 @@ TARGET_RATIO = 1.25
 
 def bodies_for(run_dir: Path) -> list[dict]:
     """The exact request bodies the tool sends for the test split (default settings)."""
-    from vlm_classify.backends.openai import ChatSettings, OpenAIChatBackend, parse_openai_model
+    from vlm_classify.backends.openai.chat import (
+        ChatSettings,
+        OpenAIChatBackend,
+        parse_openai_model,
+    )
     from vlm_classify.dataset.manifest import read_labels, read_manifest
 
     ref = parse_openai_model(MODEL)
@@ -96,7 +100,7 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=DEFAULT_WORK)
     args = ap.parse_args()
 
-    from vlm_classify.backends import openai as backend_module
+    from vlm_classify.backends.openai import chat as backend_module
     from vlm_classify.classify import ClassifyOptions, classify
     from vlm_classify.runner import RunnerConfig
 

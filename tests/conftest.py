@@ -63,3 +63,22 @@ def small_prepared(tmp_path: Path) -> Path:
         ["Beagle", "Chihuahua", "Golden Retriever"],
         {"train": 12, "val": 2, "test": 2},
     )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`network` tests run only with VLM_CLASSIFY_NETWORK=1, `gpu` tests only where torch sees a
+    CUDA GPU: a default run is offline and CPU-only."""
+    import importlib.util
+    import os
+
+    network = os.environ.get("VLM_CLASSIFY_NETWORK") == "1"
+    gpu = False
+    if any("gpu" in item.keywords for item in items) and importlib.util.find_spec("torch"):
+        import torch
+
+        gpu = torch.cuda.is_available()
+    for item in items:
+        if "network" in item.keywords and not network:
+            item.add_marker(pytest.mark.skip(reason="needs the internet: VLM_CLASSIFY_NETWORK=1"))
+        if "gpu" in item.keywords and not gpu:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))

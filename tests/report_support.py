@@ -30,6 +30,7 @@ def write_arm(
     extra: dict[str, Any] | None = None,
     ids: list[str] | None = None,
     legacy: bool = False,
+    scores: Callable[[int, str, list[str]], dict[str, float]] | None = None,
 ) -> Path:
     """predictions.csv and arm.json for the test split; `answer(i, label, labels)` gives the
     prediction (None: an invalid answer), `error(i)` marks failed requests. The arm is bound to
@@ -65,6 +66,7 @@ def write_arm(
                     "emulated": int(emulated),
                     "error": "ItemError: refused" if failed else "",
                     "raw_answer": pred or ("" if failed else "not sure"),
+                    "scores": json.dumps(scores(i, r.label, labels)) if scores else "",
                 }
             )
     doc = {

@@ -237,8 +237,12 @@ def test_the_batch_client_is_closed_when_the_batch_phase_fails(
 ) -> None:
     import asyncio
 
-    from vlm_classify.backends.openai import ChatSettings, OpenAIChatBackend, parse_openai_model
-    from vlm_classify.batch import BatchSettings, run_batch
+    from vlm_classify.backends.openai.batch import BatchSettings, run_batch
+    from vlm_classify.backends.openai.chat import (
+        ChatSettings,
+        OpenAIChatBackend,
+        parse_openai_model,
+    )
     from vlm_classify.dataset.manifest import read_labels
     from vlm_classify.store import Store
 
@@ -314,8 +318,8 @@ def test_azure_batch(small_prepared: Path, monkeypatch) -> None:
 
 
 def test_batch_parts_respect_the_limits(tmp_path: Path) -> None:
-    from vlm_classify.batch import write_parts
-    from vlm_classify.export import ExportLimits
+    from vlm_classify.backends.openai.batch import write_parts
+    from vlm_classify.backends.openai.export import ExportLimits
 
     lines = [(f"id{i}", f"line {i:03d}\n".encode()) for i in range(25)]  # 9 bytes each
     parts = write_parts(lines, tmp_path, ExportLimits(max_batch_lines=10, max_batch_bytes=1000))
@@ -334,9 +338,13 @@ def test_batch_parts_respect_the_limits(tmp_path: Path) -> None:
 def test_exported_batch_lines_are_what_batch_mode_sends(
     small_prepared: Path, emu: Emulator
 ) -> None:
-    from vlm_classify.backends.openai import ChatSettings, OpenAIChatBackend, parse_openai_model
+    from vlm_classify.backends.openai.chat import (
+        ChatSettings,
+        OpenAIChatBackend,
+        parse_openai_model,
+    )
+    from vlm_classify.backends.openai.export import ExportOptions, export
     from vlm_classify.dataset.manifest import read_labels
-    from vlm_classify.export import ExportOptions, export
 
     export(small_prepared, ExportOptions(model=f"openai/{MODEL}"))
     lines = [

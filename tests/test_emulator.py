@@ -15,7 +15,7 @@ import pytest
 
 from conftest import make_prepared_dir
 from emulator_support import MODEL, answer_label, assert_spec, chat_body, data_url, rows_and_labels
-from vlm_classify import tokens
+from vlm_classify.backends.openai import tokens
 from vlm_classify.emulator import Emulator, EmulatorConfig
 from vlm_classify.emulator.oracle import GroundTruth, Oracle
 

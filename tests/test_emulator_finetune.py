@@ -18,7 +18,7 @@ from emulator_support import (
     training_lines,
     wait_for,
 )
-from vlm_classify import tokens
+from vlm_classify.backends.openai import tokens
 from vlm_classify.emulator import Emulator, EmulatorConfig
 
 DONE = ("succeeded", "failed", "cancelled")

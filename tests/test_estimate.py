@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from vlm_classify.backends.openai.tokens import count_text, image_tokens
 from vlm_classify.cli import main
 from vlm_classify.dataset.manifest import LABELS_NAME, MANIFEST_NAME, ManifestRow, write_manifest
 from vlm_classify.estimate import EstimateOptions, estimate
 from vlm_classify.prompts import label_from_folder
-from vlm_classify.tokens import count_text, image_tokens
 
 DATA = Path(__file__).parent / "data"
 

@@ -12,11 +12,11 @@ import pytest
 from PIL import Image
 
 from conftest import make_jpeg, make_prepared_dir
-from vlm_classify import openai_wire as w
+from vlm_classify.backends.openai import wire as w
+from vlm_classify.backends.openai.export import ExportLimits, ExportOptions, export
 from vlm_classify.cli import main
 from vlm_classify.dataset.manifest import MANIFEST_NAME, read_manifest, write_manifest
 from vlm_classify.errors import DataError, UserError
-from vlm_classify.export import ExportLimits, ExportOptions, export
 from vlm_classify.prompts import system_prompt
 
 MODEL = "openai/gpt-4o-2024-08-06"

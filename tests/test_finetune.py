@@ -9,12 +9,12 @@ from pathlib import Path
 import openai
 import pytest
 
+from vlm_classify.backends.openai.deploy import DeployOptions, deploy
+from vlm_classify.backends.openai.finetune import FinetuneEvent, FinetuneOptions, finetune
 from vlm_classify.classify import ClassifyOptions, classify
 from vlm_classify.cli import main
-from vlm_classify.deploy import DeployOptions, deploy
 from vlm_classify.emulator import Emulator, EmulatorConfig
 from vlm_classify.errors import FatalError, UserError
-from vlm_classify.finetune import FinetuneEvent, FinetuneOptions, finetune
 from vlm_classify.runner import RunnerConfig
 
 BASE = "gpt-4o-2024-08-06"
@@ -171,6 +171,24 @@ def test_a_deployment_named_without_ft_is_known_by_its_record_and_never_batched(
         assert {r["mode"] for r in csv.DictReader(f)} == {"realtime"}
     arm = json.loads((result.arm_dir / "arm.json").read_text())
     assert arm["fine_tuned"] is True and arm["fine_tune"]["job_arm"] == "ft-job"
+    assert arm["mode"] == "realtime"  # what ran, not what was asked
+
+
+def test_a_fine_tune_record_names_a_model_of_its_own_provider_only(tmp_path: Path) -> None:
+    from vlm_classify.arms import find_fine_tune
+
+    job = tmp_path / "arms" / "ft-job"
+    job.mkdir(parents=True)
+    record = {
+        "base_model": "azure/gpt-4o",
+        "fine_tuned_model": "gpt-4o.ft-abc",
+        "deployments": ["x"],
+    }
+    (job / "finetune.json").write_text(json.dumps(record))
+    assert find_fine_tune(tmp_path, "azure/x")["job_arm"] == "ft-job"
+    assert find_fine_tune(tmp_path, "azure/gpt-4o.ft-abc") is not None
+    assert find_fine_tune(tmp_path, "openai/x") is None  # same name, another provider
+    assert find_fine_tune(tmp_path, "openai/gpt-4o.ft-abc") is None
 
 
 def test_deploy_needs_a_token_and_a_finished_job(

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from vlm_classify import openai_wire as w
-from vlm_classify import spec
+from vlm_classify.backends.openai import spec
+from vlm_classify.backends.openai import wire as w
 from vlm_classify.prompts import system_prompt
 
 LABELS = ["Beagle", "Chihuahua", "Golden Retriever"]

@@ -19,7 +19,7 @@ import pytest
 from cli_support import run_cli
 from conftest import make_jpeg, make_prepared_dir
 from emulator_support import busiest_window, gaps
-from vlm_classify.backends.openai import ChatSettings, OpenAIChatBackend, parse_openai_model
+from vlm_classify.backends.openai.chat import ChatSettings, OpenAIChatBackend, parse_openai_model
 from vlm_classify.classify import ClassifyOptions, classify
 from vlm_classify.dataset.manifest import (
     MANIFEST_NAME,

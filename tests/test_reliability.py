@@ -23,7 +23,7 @@ import openai
 import pytest
 
 from conftest import make_prepared_dir
-from vlm_classify.backends.openai import ChatSettings, OpenAIChatBackend, parse_openai_model
+from vlm_classify.backends.openai.chat import ChatSettings, OpenAIChatBackend, parse_openai_model
 from vlm_classify.classify import ClassifyOptions, classify
 from vlm_classify.dataset.manifest import read_labels, read_manifest
 from vlm_classify.emulator import Emulator, EmulatorConfig
@@ -168,7 +168,7 @@ def test_issue_fault_mix_ends_with_a_valid_record_for_every_item(
     prepared: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """10% 429, 5% 500, 2% timeouts, 1% dropped connections: 100/100 valid, base64 once each."""
-    from vlm_classify.backends import openai as backend_module
+    from vlm_classify.backends.openai import chat as backend_module
 
     encodes = Counter[int]()
     real_encode = backend_module.image_data_url

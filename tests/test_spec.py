@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
-from vlm_classify import spec
+from vlm_classify.backends.openai import spec
 
 CHAT = "CreateChatCompletionRequest"
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from vlm_classify import tokens
+from vlm_classify.backends.openai import tokens
+from vlm_classify.backends.openai.tokens import count_chat_tokens, count_text, image_tokens
 from vlm_classify.pricing import GPT4O_VISION, VisionRule
-from vlm_classify.tokens import count_chat_tokens, count_text, image_tokens
 
 SAMPLES = [
     "hello world",
@@ -36,7 +36,7 @@ _OFFLINE_SCRIPT = textwrap.dedent(
     socket.socket.connect = refuse
     socket.create_connection = refuse
 
-    from vlm_classify import tokens
+    from vlm_classify.backends.openai import tokens
 
     counts = [tokens.count_text(s) for s in json.loads(sys.argv[1])]
     print(json.dumps({"counts": counts, "hello": tokens.encoding().encode("hello world")}))

@@ -14,12 +14,12 @@ import pytest
 
 from cli_support import run_cli
 from dataset_fixtures import make_tree
-from vlm_classify.backends.openai import label_confidence
+from vlm_classify.backends.openai.chat import label_confidence
+from vlm_classify.backends.openai.finetune import FinetuneOptions, finetune
 from vlm_classify.classify import ClassifyOptions, classify
 from vlm_classify.dataset.manifest import read_manifest, write_manifest
 from vlm_classify.emulator import Emulator, EmulatorConfig
 from vlm_classify.errors import UserError
-from vlm_classify.finetune import FinetuneOptions, finetune
 from vlm_classify.runner import RunnerConfig
 
 MODEL = "openai/gpt-4o-2024-08-06"

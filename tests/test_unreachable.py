@@ -18,7 +18,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from vlm_classify.backends.openai import (
+from vlm_classify.backends.openai.chat import (
     parse_openai_model,
     translate_error,
     unreachable_message,

@@ -26,7 +26,11 @@ PREDICTION_FIELDS = [
     "emulated",
     "error",
     "raw_answer",
+    "scores",
 ]
+
+FINETUNE_JSON = "finetune.json"
+"""A training job's record, `DIR/arms/JOB/finetune.json`: any provider's, cloud or local."""
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -79,6 +83,7 @@ def write_arm_files(
                     emulated,
                     p.error or "",
                     p.raw_answer,
+                    "" if p.scores is None else json.dumps(p.scores, separators=(",", ":")),
                 ]
             )
     tmp.replace(out / "predictions.csv")
@@ -98,10 +103,15 @@ def write_arm_files(
         "attempts": sum(r.attempts for r in rows),
     }
     arm = store.arm(name) or {}
+    modes = {r.mode for r in rows}
     doc = {
         "name": name,
         "model": arm.get("model"),
-        "mode": arm.get("mode"),
+        # What ran, not what was asked: an Azure fine-tuned deployment asked for in batch runs
+        # realtime, and so do failed Batch lines (each row keeps its own mode).
+        "mode": "batch"
+        if "batch" in modes
+        else (modes.pop() if len(modes) == 1 else arm.get("mode")),
         "settings": arm.get("settings", {}),
         "totals": totals,
         **extra,
@@ -110,3 +120,25 @@ def write_arm_files(
     tmp_json.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     tmp_json.replace(out / "arm.json")
     return out, totals
+
+
+def find_fine_tune(prepared_dir: Path, model: str) -> dict[str, Any] | None:
+    """The finetune.json (plus its arm name) whose fine-tuned model, or one of its Azure
+    deployments, is `model` (`provider/name`), of the same provider: an OpenAI id and an Azure
+    deployment of the same name are different models."""
+    provider, _, name = model.partition("/")
+    for path in sorted((Path(prepared_dir) / "arms").glob(f"*/{FINETUNE_JSON}")):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        base = str(record.get("base_model") or "")
+        if not name or base.partition("/")[0] != provider:
+            continue
+        tuned = str(record.get("fine_tuned_model") or "")
+        # The fine-tuning API records a bare id (`ft:...`); local jobs record a model string.
+        full = tuned if tuned.startswith(f"{provider}/") else f"{provider}/{tuned}"
+        deployments = {f"{provider}/{d}" for d in record.get("deployments", [])}
+        if (tuned and model == full) or model in deployments:
+            return {"job_arm": path.parent.name, **record}
+    return None

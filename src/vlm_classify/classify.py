@@ -1,4 +1,5 @@
-"""`classify`: run one arm (a model over a split) realtime or through the Batch API, resumably."""
+"""`classify`: run one arm (a model over a split), resumably: a chat model realtime or through the
+Batch API, a local model in batches."""
 
 from __future__ import annotations
 
@@ -8,22 +9,25 @@ import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Literal
 
 import openai
 from pydantic import BaseModel, Field
 
 from . import __version__
-from .arms import arm_dir, check_arm_name, write_arm_files
-from .backends.openai import ChatSettings, OpenAIChatBackend, make_client, parse_openai_model
-from .batch import BATCH_REMOTE_KINDS, BatchSettings, run_batch
-from .dataset.manifest import Sample, Split, load_sample
+from .arms import arm_dir, check_arm_name, find_fine_tune, write_arm_files
+from .backends import registry
+from .backends.base import LocalSettings
+from .backends.openai.batch import BATCH_REMOTE_KINDS, BatchSettings, run_batch
+from .backends.openai.chat import ChatSettings, OpenAIChatBackend, make_client
+from .backends.openai.wire import AnswerMode, Detail
+from .backends.registry import Kind
+from .dataset.manifest import ManifestRow, Sample, Split, load_sample
 from .errors import UserError
-from .finetune import find_fine_tune
-from .models import is_fine_tuned_name
-from .openai_wire import AnswerMode, Detail
+from .models import ModelRef, is_fine_tuned_name
 from .prompts import PromptStyle
-from .runner import Progress, RunnerConfig, RunSummary, run_items
+from .runner import Progress, RunnerConfig, RunSummary, peak_rss_mb, run_items, run_local
 from .store import Store
 
 Mode = Literal["realtime", "batch"]
@@ -33,7 +37,7 @@ class ClassifyOptions(BaseModel):
     """Everything one arm's run depends on; saved in the store and in arm.json."""
 
     model: str
-    """`PROVIDER/MODEL`: `openai/gpt-4o-2024-08-06`, `azure/<deployment>`."""
+    """`PROVIDER/MODEL`: `openai/gpt-4o-2024-08-06`, `azure/<deployment>`, `clip/...`, `cnn/...`."""
     name: str
     """The arm's name: its folder under `DIR/arms/` and its column in the report."""
     split: Split = "test"
@@ -53,14 +57,18 @@ class ClassifyOptions(BaseModel):
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
     batch_poll_s: float = Field(10.0, gt=0)
     """Seconds between Batch status checks."""
+    local: LocalSettings = Field(default_factory=LocalSettings)
+    """How a local model (`clip/`, `cnn/`) runs: device, batch size, offline."""
 
     def chat_settings(self) -> ChatSettings:
         return ChatSettings(
             prompt=self.prompt, detail=self.detail, answer=self.answer, logprobs=self.logprobs
         )
 
-    def recorded_settings(self) -> dict[str, Any]:
+    def recorded_settings(self, kind: Kind = "remote") -> dict[str, Any]:
         """The settings that define the arm's answers (a rerun must not change them)."""
+        if kind == "local":  # no prompt: the model and the label list define its answers
+            return {"split": self.split}
         return {
             "split": self.split,
             "prompt": self.prompt,
@@ -75,6 +83,8 @@ class ClassifyResult(BaseModel):
     totals: dict[str, Any]
     summary: dict[str, Any]
     emulated: bool
+    compute: dict[str, Any] | None = None
+    """A local model's device, images per second and memory (None for a chat model)."""
 
 
 def classify(
@@ -86,7 +96,12 @@ def classify(
     """Classify the split with the model; answers already recorded for this arm are not asked again."""
     prepared_dir = Path(prepared_dir)
     check_arm_name(options.name)
-    ref = parse_openai_model(options.model)
+    ref, provider = registry.parse(options.model)
+    if provider.kind == "local" and options.mode == "batch":
+        raise UserError(
+            f"--mode batch is the Batch API of openai/ and azure/ models: {ref.provider}/ models "
+            "run here in batches of --batch-size; drop --mode"
+        )
     sample = load_sample(prepared_dir)
     items = sample.split(options.split)
     labels = sample.labels
@@ -94,57 +109,136 @@ def classify(
         items = items[: options.limit]
     fine_tune = find_fine_tune(prepared_dir, str(ref))
     _check_fine_tune_sample(fine_tune, sample, str(ref))
-    client = make_client(ref, timeout=options.runner.request_timeout_s)  # credentials checked first
+    module = provider.load()  # a missing extra is one line, before any work
+    client = None
+    if provider.kind == "remote":  # credentials checked before any work
+        client = make_client(ref, timeout=options.runner.request_timeout_s)
+    mode = options.mode if provider.kind == "remote" else "local"
+    settings = options.recorded_settings(provider.kind)
     started = time.time()
     with Store.for_dir(prepared_dir) as store:
-        _bind_arm(store, prepared_dir, options, str(ref), sample.identity, on_status)
-        store.upsert_arm(
-            options.name, str(ref), options.mode, options.recorded_settings(), sample.identity
-        )
+        _bind_arm(store, prepared_dir, options, str(ref), settings, sample.identity, on_status)
+        store.upsert_arm(options.name, str(ref), mode, settings, sample.identity)
         if options.retry_failed:
             store.forget(options.name, store.failed_ids(options.name))
-        backend = OpenAIChatBackend(
-            ref, labels, prepared_dir, options.chat_settings(), client=client
-        )
-        if options.mode == "batch":
-            settings = BatchSettings(
-                runner=options.runner, poll_s=options.batch_poll_s, fine_tuned=fine_tune is not None
+        extra: dict[str, Any] = {"versions": _versions()}
+        if client is None:
+            summary, compute = _run_local(
+                module, ref, labels, prepared_dir, items, store, options, on_progress
             )
-            summary: RunSummary = asyncio.run(
-                run_batch(backend, items, store, options.name, settings, on_progress, on_status)
-            )
+            extra["compute"] = compute
+            emulated = False
         else:
-            summary = asyncio.run(_realtime(backend, items, store, options, on_progress))
-        emulated = backend.emulated or _previously_emulated(arm_dir(prepared_dir, options.name))
+            summary, emulated = _run_remote(
+                client,
+                ref,
+                labels,
+                prepared_dir,
+                items,
+                store,
+                options,
+                fine_tune,
+                on_progress,
+                on_status,
+            )
+            extra["runner"] = options.runner.model_dump()
+            extra["versions"]["openai"] = openai.__version__
         last_run: dict[str, Any] = {
             "started_at": started,
             "wall_s": round(summary.wall_s, 3),
             "requested": summary.requested,
+            "completed": summary.completed,
             "skipped_already_done": summary.skipped,
             "errors": summary.errors,
             "retries": summary.retries,
             "error_kinds": summary.error_kinds,
             "batch_lines_retried": summary.batch_lines_retried,
         }
-        extra: dict[str, Any] = {
+        extra |= {
             "provider": ref.provider,
             "split": options.split,
             "sample": {"id": sample.identity, "items": len(sample.rows)},
             "fine_tuned": fine_tune is not None or is_fine_tuned_name(ref.name),
             "emulated": emulated,
-            "runner": options.runner.model_dump(),
             "last_run": last_run,
-            "versions": {
-                "vlm_classify": __version__,
-                "openai": openai.__version__,
-                "python": platform.python_version(),
-            },
         }
         if fine_tune is not None:
             keys = ("job_arm", "job_id", "base_model", "trained_tokens", "emulated")
             extra["fine_tune"] = {k: fine_tune.get(k) for k in keys}
         out, totals = write_arm_files(prepared_dir, store, options.name, extra)
-    return ClassifyResult(arm_dir=out, totals=totals, summary=last_run, emulated=emulated)
+    return ClassifyResult(
+        arm_dir=out,
+        totals=totals,
+        summary=last_run,
+        emulated=emulated,
+        compute=extra.get("compute"),
+    )
+
+
+def _versions() -> dict[str, str]:
+    return {"vlm_classify": __version__, "python": platform.python_version()}
+
+
+def _run_remote(
+    client: openai.AsyncOpenAI,
+    ref: ModelRef,
+    labels: list[str],
+    prepared_dir: Path,
+    items: list[ManifestRow],
+    store: Store,
+    options: ClassifyOptions,
+    fine_tune: dict[str, Any] | None,
+    on_progress: Callable[[Progress], None] | None,
+    on_status: Callable[[str], None] | None,
+) -> tuple[RunSummary, bool]:
+    """A chat model over the items, realtime or through the Batch API; and whether the emulator
+    answered."""
+    backend = OpenAIChatBackend(ref, labels, prepared_dir, options.chat_settings(), client=client)
+    if options.mode == "batch":
+        settings = BatchSettings(
+            runner=options.runner, poll_s=options.batch_poll_s, fine_tuned=fine_tune is not None
+        )
+        summary: RunSummary = asyncio.run(
+            run_batch(backend, items, store, options.name, settings, on_progress, on_status)
+        )
+    else:
+        summary = asyncio.run(_realtime(backend, items, store, options, on_progress))
+    emulated = backend.emulated or _previously_emulated(arm_dir(prepared_dir, options.name))
+    return summary, emulated
+
+
+def _run_local(
+    module: ModuleType,
+    ref: ModelRef,
+    labels: list[str],
+    prepared_dir: Path,
+    items: list[ManifestRow],
+    store: Store,
+    options: ClassifyOptions,
+    on_progress: Callable[[Progress], None] | None,
+) -> tuple[RunSummary, dict[str, Any]]:
+    """A local model over the items in batches; and what it ran on and how fast."""
+    backend = module.make_backend(ref, labels, prepared_dir, options.local)
+    try:
+        summary = run_local(
+            backend, items, store, options.name, options.local.batch_size, on_progress
+        )
+        compute = {
+            "device": backend.device,
+            "batch_size": options.local.batch_size,
+            "images": summary.completed,
+            "busy_s": round(summary.busy_s or 0.0, 3),
+            "images_per_s": (
+                round(summary.completed / summary.busy_s, 3) if summary.busy_s else None
+            ),
+            "price_per_hour": options.local.price_per_hour(backend.device),
+            "peak_rss_mb": peak_rss_mb(),
+            "gpu_peak_mb": backend.gpu_peak_mb(),
+            "versions": backend.versions(),
+        }
+    finally:
+        backend.close()
+    return summary, compute
 
 
 def _bind_arm(
@@ -152,6 +246,7 @@ def _bind_arm(
     prepared_dir: Path,
     options: ClassifyOptions,
     model: str,
+    settings: dict[str, Any],
     sample: str,
     on_status: Callable[[str], None] | None,
 ) -> None:
@@ -182,7 +277,7 @@ def _bind_arm(
             f"arm {name!r} was run on another sample (sample {previous['sample'][:12]}; "
             f"{prepared_dir} now holds sample {sample[:12]}, prepared again since): {fix}"
         )
-    if previous["model"] != model or previous["settings"] != options.recorded_settings():
+    if previous["model"] != model or previous["settings"] != settings:
         raise UserError(
             f"arm {name!r} was run with {previous['model']} {previous['settings']}: "
             f"keep those settings to resume it, or {fix}"

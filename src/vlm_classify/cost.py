@@ -43,6 +43,22 @@ class ArmUsage:
     """For a fine-tuned arm: the model it was trained from (finetune.json `base_model`)."""
     trained_tokens: int | None = None
     """For a fine-tuned arm: tokens billed by the training job (finetune.json)."""
+    compute: ComputeUsage | None = None
+    """For an arm that ran here (a local model): priced by compute time, not tokens."""
+
+
+@dataclass
+class ComputeUsage:
+    """A local arm's compute: how fast it classified, on what, at what hourly price."""
+
+    device: str
+    """`cpu`, `cuda`, `mps` (the device type the arm ran on)."""
+    images_per_s: float | None
+    price_per_hour: float | None
+    """USD an hour of that device (`--cpu-price-per-hour` / `--gpu-price-per-hour`)."""
+    training_s: float | None = None
+    """Wall seconds of its training job (a local fine-tune), if any."""
+    training_price_per_hour: float | None = None
 
 
 def _entry(usage: ArmUsage, table: PriceTable) -> PriceEntry:
@@ -72,6 +88,8 @@ def arm_cost(
     """Per-arm cost figures (USD) when served in `serving` mode. A missing price becomes `error`,
     not a failed report; a fine-tune whose training cost is unknown gets `training_usd` None."""
     out: dict[str, Any] = {"error": None, "notes": []}
+    if usage.compute is not None:
+        return out | _compute_cost(usage, usage.compute, serving)
     try:
         entry = _entry(usage, table)
     except UserError as e:
@@ -136,6 +154,55 @@ def arm_cost(
     if used is None:
         out["error"] = f"{entry.key} has no {price_mode} price: add it with --pricing FILE"
     return out
+
+
+def _compute_cost(usage: ArmUsage, c: ComputeUsage, serving: ServingMode) -> dict[str, Any]:
+    """A local arm: its device's hourly price over its measured images per second, and its
+    training job's wall time at the training device's price. No tokens, no hosting fee (the
+    hourly price is the machine)."""
+    out: dict[str, Any] = {
+        "price_entry": None,
+        "price_source": "compute time",
+        "price_mode": "compute",
+        "serving_mode": serving,
+        "evaluated_mode": usage.mode,
+        "device": c.device,
+        "images_per_s": c.images_per_s,
+        "price_per_hour": c.price_per_hour,
+        "per_1000_realtime": None,
+        "per_1000_batch": None,
+        "hosting_per_hour": 0.0,
+        "trained_tokens": None,
+        "notes": [f"runs here on {c.device}: priced by compute time, the same in any serving mode"],
+    }
+    flag = "--cpu-price-per-hour" if c.device == "cpu" else "--gpu-price-per-hour"
+    if c.price_per_hour is None:
+        return out | {
+            "error": f"no compute price for {usage.name} ({c.device}): pass {flag} to report "
+            "(or to classify, which records it)"
+        }
+    if not c.images_per_s:
+        return out | {"error": f"no measured images per second for {usage.name}: rerun classify"}
+    per_image = c.price_per_hour / 3600 / c.images_per_s
+    training: float | None = 0.0
+    if usage.fine_tuned:
+        if c.training_s is None or c.training_price_per_hour is None:
+            training = None
+            out["notes"].append(
+                "training cost unknown: no training time or price recorded (finetune.json); "
+                "monthly cost and break-even leave training out"
+            )
+        else:
+            training = c.training_price_per_hour * c.training_s / 3600
+    return out | {
+        "error": None,
+        "per_1000": per_image * 1000,
+        "per_image": per_image,
+        "training_usd": training,
+        "training_known": training is not None,
+        "per_correct": per_image / usage.accuracy if usage.accuracy else None,
+        "run_usd": per_image * usage.images,
+    }
 
 
 def monthly(cost: dict[str, Any], volume: float, months: float) -> float:
@@ -216,6 +283,7 @@ __all__ = [
     "HOURS_PER_MONTH",
     "SERVING_MODES",
     "ArmUsage",
+    "ComputeUsage",
     "ServingMode",
     "arm_cost",
     "break_even",

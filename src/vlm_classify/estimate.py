@@ -13,9 +13,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import tokens
+from .backends.openai import tokens
+from .backends.openai.wire import (
+    AnswerMode,
+    Detail,
+    classification_messages,
+    data_url_prefix,
+    finetune_line,
+)
 from .dataset.manifest import ManifestRow, read_labels, read_manifest
-from .openai_wire import AnswerMode, Detail, classification_messages, data_url_prefix, finetune_line
 from .pricing import PriceEntry, cost_usd, load_pricing, training_cost_usd
 from .prompts import PromptStyle, answer_schema, system_prompt
 

@@ -21,10 +21,10 @@ from pydantic import BaseModel, Field
 
 from . import __version__
 from .arms import arm_dir, check_arm_name
-from .backends.openai import ChatSettings, OpenAIChatBackend, make_client, parse_openai_model
+from .backends.openai.chat import ChatSettings, OpenAIChatBackend, make_client, parse_openai_model
+from .backends.openai.wire import AnswerMode, Detail
 from .dataset.manifest import ManifestRow, Split, load_split
 from .errors import FatalError, ItemError, TransientError, UserError
-from .openai_wire import AnswerMode, Detail
 from .prompts import PromptStyle
 
 SAMPLES_NAME = "latency-samples.csv"

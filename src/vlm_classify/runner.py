@@ -10,6 +10,8 @@ asks for what is missing.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +26,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from .backends.base import Backend, Prediction
+from .backends.base import Backend, LocalBackend, Prediction
 from .dataset.manifest import ManifestRow
 from .errors import ItemError, TransientError
 from .limits import RateLimiter, Reachability
@@ -91,6 +93,8 @@ class RunSummary:
     """The errors recorded this run, by kind."""
     batch_lines_retried: int = 0
     """Batch lines that failed and were asked again realtime (their outcome is counted above)."""
+    busy_s: float | None = None
+    """A local run's time in the model (its images per second: `completed / busy_s`)."""
 
 
 def _wait(cfg: RunnerConfig, reach: Reachability) -> Callable[[RetryCallState], float]:
@@ -252,4 +256,68 @@ async def run_items(
         skipped=progress.skipped,
         wall_s=time.perf_counter() - start,
         error_kinds=error_kinds,
+    )
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MB (children not counted)."""
+    import resource  # POSIX only; imported here so that Windows can still import the runner
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+
+
+def run_local(
+    backend: LocalBackend,
+    items: Sequence[ManifestRow],
+    store: Store,
+    arm: str,
+    batch_size: int,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> RunSummary:
+    """Classify every item not yet finished for `arm` with a local model, a batch at a time.
+
+    Each batch is persisted in one transaction as it comes back, so an interrupted run resumes
+    at the first unfinished batch. No retries: a local failure (a bad image, out of memory) is
+    not transient, so it stops the run with its message. `latency_ms` of each item is its
+    batch's wall time divided by the batch's size: the model's time per image, not a request's.
+    """
+    start = time.perf_counter()
+    finished = store.finished_ids(arm)
+    todo = [it for it in items if it.id not in finished]
+    progress = Progress(
+        total=len(items), done=len(items) - len(todo), skipped=len(items) - len(todo)
+    )
+    if on_progress:
+        on_progress(progress)
+    busy = 0.0
+    for i in range(0, len(todo), batch_size):
+        batch = todo[i : i + batch_size]
+        t0 = time.perf_counter()
+        predictions = backend.classify_batch(batch)
+        elapsed = time.perf_counter() - t0
+        busy += elapsed
+        if len(predictions) != len(batch):
+            raise RuntimeError(f"{backend.name} gave {len(predictions)} answers for {len(batch)}")
+        per_image_ms = elapsed * 1000 / len(batch)
+        store.record_many(
+            arm,
+            [
+                (it.id, it.label, dataclasses.replace(p, latency_ms=per_image_ms))
+                for it, p in zip(batch, predictions, strict=True)
+            ],
+            attempts=1,
+            mode="local",
+        )
+        progress.done += len(batch)
+        if on_progress:
+            on_progress(progress)
+    return RunSummary(
+        requested=len(todo),
+        completed=len(todo),
+        errors=0,
+        retries=0,
+        skipped=progress.skipped,
+        wall_s=time.perf_counter() - start,
+        busy_s=busy,
     )

@@ -68,6 +68,10 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE arms ADD COLUMN sample TEXT;
     """,
+    # 4: the full class distribution of an answer, as a JSON object (NULL: the model gave none)
+    """
+    ALTER TABLE predictions ADD COLUMN scores TEXT;
+    """,
 ]
 
 
@@ -208,25 +212,41 @@ class Store:
         self, arm: str, item_id: str, label: str, p: Prediction, attempts: int, mode: str
     ) -> None:
         """Persist one answer now (a committed row survives `kill -9`)."""
+        self.record_many(arm, [(item_id, label, p)], attempts, mode)
+
+    def record_many(
+        self,
+        arm: str,
+        answers: Iterable[tuple[str, str, Prediction]],
+        attempts: int,
+        mode: str,
+    ) -> None:
+        """Persist `(item_id, label, prediction)` answers in one transaction (a local model's
+        batch): all of them survive `kill -9`, or none."""
+        now = time.time()
+        rows = [
+            (
+                arm,
+                item_id,
+                label,
+                p.prediction,
+                p.raw_answer,
+                int(p.valid),
+                p.confidence,
+                p.latency_ms,
+                p.usage.prompt_tokens,
+                p.usage.completion_tokens,
+                attempts,
+                p.error,
+                mode,
+                now,
+                None if p.scores is None else json.dumps(p.scores, separators=(",", ":")),
+            )
+            for item_id, label, p in answers
+        ]
         with self._tx() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO predictions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    arm,
-                    item_id,
-                    label,
-                    p.prediction,
-                    p.raw_answer,
-                    int(p.valid),
-                    p.confidence,
-                    p.latency_ms,
-                    p.usage.prompt_tokens,
-                    p.usage.completion_tokens,
-                    attempts,
-                    p.error,
-                    mode,
-                    time.time(),
-                ),
+            db.executemany(
+                "INSERT OR REPLACE INTO predictions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows
             )
 
     def finished_ids(self, arm: str) -> set[str]:
@@ -250,7 +270,7 @@ class Store:
     def predictions(self, arm: str) -> list[StoredPrediction]:
         rows = self._db.execute(
             "SELECT item_id, label, prediction, raw_answer, valid, confidence, latency_ms, "
-            "prompt_tokens, completion_tokens, attempts, error, mode, finished_at "
+            "prompt_tokens, completion_tokens, attempts, error, mode, finished_at, scores "
             "FROM predictions WHERE arm = ? ORDER BY item_id",
             (arm,),
         )
@@ -266,6 +286,7 @@ class Store:
                     latency_ms=r[6],
                     usage=Usage(r[7], r[8]),
                     error=r[10],
+                    scores=None if r[13] is None else json.loads(r[13]),
                 ),
                 attempts=r[9],
                 mode=r[11],

@@ -23,8 +23,11 @@ def cli(debug: bool) -> None:
     \b
     Typical flow:
       vlm-classify prepare stanford-dogs --out runs/dogs
-      vlm-classify export runs/dogs --model openai/gpt-4o-2024-08-06
-      vlm-classify estimate runs/dogs --model azure/gpt-4o-2024-08-06
+      vlm-classify estimate runs/dogs --model openai/gpt-4o-2024-08-06
+      vlm-classify classify runs/dogs --model openai/gpt-4o-2024-08-06 --name zero-shot
+      vlm-classify finetune runs/dogs --model openai/gpt-4o-2024-08-06 --name ft-job
+      vlm-classify classify runs/dogs --model openai/ft:... --name fine-tuned
+      vlm-classify report runs/dogs
     """
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING,

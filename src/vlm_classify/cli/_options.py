@@ -7,8 +7,8 @@ from typing import Any
 
 import click
 
+from ..backends.openai.wire import ANSWER_MODES, DETAILS
 from ..dataset.manifest import SPLITS
-from ..openai_wire import ANSWER_MODES, DETAILS
 from ..prompts import PROMPT_STYLES
 
 split_option = click.option(
@@ -66,3 +66,42 @@ def answer_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any
     return click.option(
         "--answer", default="enum", show_default=True, type=click.Choice(ANSWER_MODES), help=help
     )
+
+
+def local_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """`--device`, `--workers`, `--offline` and the hourly prices: how a local model runs and
+    what its compute costs (recorded for the report)."""
+    options = [
+        click.option(
+            "--device",
+            default="auto",
+            show_default=True,
+            type=click.Choice(["auto", "cpu", "cuda", "mps"]),
+            help="Local models: where to run (auto: a CUDA GPU, else MPS, else the CPU).",
+        ),
+        click.option(
+            "--workers",
+            default=0,
+            show_default=True,
+            type=click.IntRange(0, 64),
+            help="Local models: processes decoding images (0: the main process).",
+        ),
+        click.option(
+            "--offline",
+            is_flag=True,
+            help="Local models: use local files only (as HF_HUB_OFFLINE=1 does).",
+        ),
+        click.option(
+            "--cpu-price-per-hour",
+            type=click.FloatRange(min=0),
+            help="USD an hour of CPU time, recorded to price a local model by compute time.",
+        ),
+        click.option(
+            "--gpu-price-per-hour",
+            type=click.FloatRange(min=0),
+            help="USD an hour of the GPU, recorded to price a local model by compute time.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func

@@ -8,6 +8,8 @@ import click
 from rich.markup import escape
 from rich.progress import TaskID, TextColumn
 
+from ..backends.base import LocalSettings
+from ..backends.registry import PROVIDERS
 from ..classify import ClassifyOptions, classify
 from ..errors import EXIT_ITEM_ERRORS
 from ..runner import Progress as RunProgress
@@ -16,17 +18,23 @@ from ._console import err_console, out_console, progress_bar
 from ._options import (
     answer_option,
     detail_option,
+    local_options,
     poll_option,
     prompt_option,
     split_option,
     timeout_option,
 )
 
+LOCAL_PROVIDERS = {p.name for p in PROVIDERS.values() if p.kind == "local"}
+
 
 @click.command("classify")
 @click.argument("prepared_dir", metavar="DIR", type=click.Path(path_type=Path))
 @click.option(
-    "--model", required=True, help="PROVIDER/MODEL: openai/gpt-4o-2024-08-06, azure/<deployment>."
+    "--model",
+    required=True,
+    help="PROVIDER/MODEL: openai/gpt-4o-2024-08-06, azure/<deployment>, "
+    "clip/ViT-B-32@laion2b_s34b_b79k, clip/arm:NAME or cnn/arm:NAME (a model trained by finetune).",
 )
 @click.option(
     "--name", required=True, help="The arm's name, e.g. zero-shot (its folder under DIR/arms/)."
@@ -80,6 +88,14 @@ from ._options import (
     "change its model or settings under the same --name).",
 )
 @poll_option("Batch")
+@click.option(
+    "--batch-size",
+    default=32,
+    show_default=True,
+    type=click.IntRange(1, 4096),
+    help="Local models: images per forward pass.",
+)
+@local_options
 def classify_cmd(
     prepared_dir: Path,
     model: str,
@@ -99,8 +115,18 @@ def classify_cmd(
     retry_failed: bool,
     reset: bool,
     poll_s: float,
+    batch_size: int,
+    device: str,
+    workers: int,
+    offline: bool,
+    cpu_price_per_hour: float | None,
+    gpu_price_per_hour: float | None,
 ) -> None:
     """Classify the SPLIT of the prepared dataset DIR with MODEL and record every answer.
+
+    Chat models (openai/, azure/) get one request per image, realtime or through the Batch
+    API; local models (clip/, cnn/) run here in batches and record each answer's full class
+    distribution.
 
     Answers are saved as they arrive (DIR/runs.sqlite): rerun the same command after an
     interruption and only the missing items are requested. Results: DIR/arms/NAME/predictions.csv
@@ -120,6 +146,16 @@ def classify_cmd(
             "retry_failed": retry_failed,
             "reset": reset,
             "batch_poll_s": poll_s,
+            "local": LocalSettings.model_validate(
+                {
+                    "device": device,
+                    "batch_size": batch_size,
+                    "workers": workers,
+                    "offline": offline,
+                    "cpu_price_per_hour": cpu_price_per_hour,
+                    "gpu_price_per_hour": gpu_price_per_hour,
+                }
+            ),
             "runner": RunnerConfig(
                 concurrency=concurrency,
                 rpm=rpm,
@@ -136,7 +172,8 @@ def classify_cmd(
     def task() -> TaskID:
         if not tasks:
             bar.start()
-            tasks.append(bar.add_task(f"{name} ({mode})", total=None, rate="", errors=""))
+            kind = "local" if model.partition("/")[0] in LOCAL_PROVIDERS else mode
+            tasks.append(bar.add_task(f"{name} ({kind})", total=None, rate="", errors=""))
         return tasks[0]
 
     def on_progress(p: RunProgress) -> None:
@@ -164,9 +201,14 @@ def classify_cmd(
     )
     answered = f"{t['answered']} answered" + (f" of {t['items']}" if t["errors"] else "")
     acc = "n/a" if t["accuracy"] is None else f"{t['accuracy']:.2%}"
+    c = result.compute
+    if c is not None:
+        speed = f"{c['images_per_s']:,.1f} images/s" if c["images_per_s"] else "nothing new run"
+        usage = f"{speed} on {c['device']}, peak memory {c['peak_rss_mb']:,.0f} MB"
+    else:
+        usage = f"{t['prompt_tokens']:,} prompt + {t['completion_tokens']:,} completion tokens"
     line = (
-        f"accuracy {acc} over {answered} items, {t['invalid']} invalid answers, "
-        f"{t['prompt_tokens']:,} prompt + {t['completion_tokens']:,} completion tokens{emulated}"
+        f"accuracy {acc} over {answered} items, {t['invalid']} invalid answers, {usage}{emulated}"
     )
     if t["errors"]:
         kinds = ", ".join(f"{k} {v}" for k, v in sorted(result.summary["error_kinds"].items()))

@@ -53,14 +53,14 @@ Fraction = click.FloatRange(0, 1)
     default=0.74,
     show_default=True,
     type=Fraction,
-    help="Share of images a base model gets right.",
+    help="Chance that a base model gets an image right (drawn once per image).",
 )
 @click.option(
     "--ft-accuracy",
     default=0.83,
     show_default=True,
     type=Fraction,
-    help="Share a fine-tuned model gets right.",
+    help="Chance that a fine-tuned model gets an image right.",
 )
 @click.option(
     "--model-accuracy",

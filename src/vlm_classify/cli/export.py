@@ -8,7 +8,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from ..export import ExportOptions, ExportResult, export
+from ..backends.openai.export import ExportOptions, ExportResult, export
 from ._console import err_console, out_console
 from ._options import answer_option, detail_option, prompt_option, training_prompt_option
 

@@ -8,14 +8,18 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
-from ..deploy import DeployOptions, deploy
-from ..finetune import FinetuneEvent, FinetuneOptions, finetune
+from ..backends.base import LocalSettings
+from ..backends.openai.deploy import DeployOptions, deploy
+from ..backends.openai.finetune import FinetuneEvent, FinetuneOptions, finetune
+from ..errors import UserError
+from ..training import Epoch, TrainOptions, train_local
 from ._console import err_console, out_console
-from ._options import detail_option, poll_option, prompt_option
+from ._options import detail_option, local_options, poll_option, prompt_option
+from .classify import LOCAL_PROVIDERS
 
 
-def _auto_int(_ctx: click.Context, _param: click.Parameter, value: str) -> int | str:
-    if value == "auto":
+def _auto_int(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | str | None:
+    if value is None or value == "auto":
         return value
     try:
         n = int(value)
@@ -43,11 +47,17 @@ def _auto_float(_ctx: click.Context, _param: click.Parameter, value: str) -> flo
 @click.option(
     "--model",
     required=True,
-    help="Base model: openai/gpt-4o-2024-08-06 or azure/gpt-4o-2024-08-06.",
+    help="Base model: openai/gpt-4o-2024-08-06 or azure/gpt-4o-2024-08-06 (the fine-tuning "
+    "API); clip/<model> (a linear probe on its image embeddings) or cnn/<timm architecture> "
+    "(trained here).",
 )
 @click.option("--name", required=True, help="The arm recording this job, e.g. ft-job.")
 @click.option(
-    "--epochs", default="2", show_default=True, callback=_auto_int, help="Epochs, or 'auto'."
+    "--epochs",
+    default=None,
+    callback=_auto_int,
+    help="Epochs, or 'auto' (fine-tuning API only). [default: 2 for the API, the provider's "
+    "own for local models]",
 )
 @click.option(
     "--lr-multiplier",
@@ -58,10 +68,15 @@ def _auto_float(_ctx: click.Context, _param: click.Parameter, value: str) -> flo
 )
 @click.option(
     "--batch-size",
-    default="auto",
-    show_default=True,
+    default=None,
     callback=_auto_int,
-    help="Batch size, or 'auto'.",
+    help="Batch size, or 'auto' (fine-tuning API only). [default: auto for the API, the "
+    "provider's own for local models]",
+)
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Local models: learning rate [default: the provider's own].",
 )
 @click.option("--seed", default=42, show_default=True, type=int)
 @click.option("--suffix", help="Added to the fine-tuned model's name.")
@@ -74,6 +89,7 @@ def _auto_float(_ctx: click.Context, _param: click.Parameter, value: str) -> flo
     "--follow", "follow_only", is_flag=True, help="Re-attach to this arm's job; never start one."
 )
 @poll_option("job")
+@local_options
 def finetune_cmd(
     prepared_dir: Path,
     model: str,
@@ -88,20 +104,51 @@ def finetune_cmd(
     detach: bool,
     follow_only: bool,
     poll_s: float,
+    lr: float | None,
+    device: str,
+    workers: int,
+    offline: bool,
+    cpu_price_per_hour: float | None,
+    gpu_price_per_hour: float | None,
 ) -> None:
     """Fine-tune MODEL on the train split of DIR (validated on val) and follow the job live.
 
     Files are validated locally and uploaded once; the job id is saved, so rerunning the command
     re-attaches to the same job instead of starting another. The outcome (job id, fine-tuned
     model, trained tokens, metrics) lands in DIR/arms/NAME/finetune.json.
+
+    Local models (clip/, cnn/) train here, select on val, keep the best model in
+    DIR/arms/NAME/model and record it as clip/arm:NAME or cnn/arm:NAME, which classify takes.
     """
+    if model.partition("/")[0] in LOCAL_PROVIDERS:
+        _train_local(
+            prepared_dir,
+            model,
+            name,
+            epochs,
+            batch_size,
+            lr,
+            seed,
+            LocalSettings.model_validate(
+                {
+                    "device": device,
+                    "workers": workers,
+                    "offline": offline,
+                    "cpu_price_per_hour": cpu_price_per_hour,
+                    "gpu_price_per_hour": gpu_price_per_hour,
+                }
+            ),
+        )
+        return
+    if lr is not None:
+        raise UserError("--lr is for local models: the fine-tuning API takes --lr-multiplier")
     options = FinetuneOptions.model_validate(
         {
             "model": model,
             "name": name,
-            "epochs": epochs,
+            "epochs": 2 if epochs is None else epochs,
             "lr_multiplier": lr_multiplier,
-            "batch_size": batch_size,
+            "batch_size": "auto" if batch_size is None else batch_size,
             "seed": seed,
             "suffix": suffix,
             "prompt": prompt,
@@ -138,6 +185,52 @@ def finetune_cmd(
                 f"  next: vlm-classify classify {prepared_dir} --model openai/{record['fine_tuned_model']} --name fine-tuned --prompt {prompt}"
             )
     out_console.print(f"  {result.path}")
+
+
+def _train_local(
+    prepared_dir: Path,
+    model: str,
+    name: str,
+    epochs: int | str | None,
+    batch_size: int | str | None,
+    lr: float | None,
+    seed: int,
+    local: LocalSettings,
+) -> None:
+    """Train a local model, one line per epoch, then say how to evaluate it."""
+    if epochs == "auto" or batch_size == "auto":
+        raise UserError("'auto' is for the fine-tuning API: give local models a number, or omit it")
+    options = TrainOptions(
+        model=model,
+        name=name,
+        epochs=epochs,  # type: ignore[arg-type]
+        batch_size=batch_size,  # type: ignore[arg-type]
+        lr=lr,
+        seed=seed,
+        local=local,
+    )
+
+    def on_epoch(e: Epoch) -> None:
+        parts = [f"epoch {e.epoch}"]
+        for label, value in (("train loss", e.train_loss), ("val loss", e.val_loss)):
+            if value is not None:
+                parts.append(f"{label} {value:.4f}")
+        if e.val_accuracy is not None:
+            parts.append(f"val accuracy {e.val_accuracy:.2%}")
+        if e.seconds is not None:
+            parts.append(f"{e.seconds:.1f} s")
+        err_console.print(", ".join(parts))
+
+    with err_console.status(f"training {model}", spinner="dots"):
+        record = train_local(prepared_dir, options, on_epoch=on_epoch)
+    acc = record.get("best_val_accuracy")
+    out_console.print(
+        f"{name}: trained {record['base_model']} on {record['trained_images']} images in "
+        f"{record['wall_s']:.1f} s on {record['hardware']['device']}; best epoch "
+        f"{record['best_epoch']}" + (f", val accuracy {acc:.2%}" if acc is not None else "")
+    )
+    out_console.print(f"  fine-tuned model: {record['fine_tuned_model']}")
+    out_console.print(f"  next: {record['evaluate_with']}")
 
 
 @click.command("deploy")
@@ -178,7 +271,8 @@ def deploy_cmd(
     result = deploy(prepared_dir, options)
     if not result.sent:
         out_console.print(
-            "No subscription details given: run this (Azure CLI) to deploy, then evaluate it:"
+            "Not all of --subscription, --resource-group and --account given: run this (Azure CLI) "
+            "to deploy, then evaluate it:"
         )
         out_console.print(f"  {escape(result.command)}")
         out_console.print("or send this request with a management token:")

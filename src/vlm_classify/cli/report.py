@@ -75,6 +75,17 @@ class FiniteFloat(click.FloatRange):
     type=click.IntRange(min=0),
     help="Seed of the paired bootstrap.",
 )
+@click.option(
+    "--cpu-price-per-hour",
+    type=FiniteFloat(min=0),
+    help="USD an hour of CPU time, to price local arms that ran on the CPU (overrides what "
+    "classify recorded).",
+)
+@click.option(
+    "--gpu-price-per-hour",
+    type=FiniteFloat(min=0),
+    help="USD an hour of a GPU, to price local arms that ran on one.",
+)
 def report_cmd(
     prepared_dir: Path,
     arms: str | None,
@@ -85,6 +96,8 @@ def report_cmd(
     out: Path | None,
     pricing: Path | None,
     seed: int,
+    cpu_price_per_hour: float | None,
+    gpu_price_per_hour: float | None,
 ) -> None:
     """Compare the arms recorded in DIR: accuracy with intervals, paired tests, confusions,
     latency, cost and break-even. Writes results.csv, metrics.json, plots, report.md and a
@@ -100,6 +113,8 @@ def report_cmd(
         out=out,
         pricing=pricing,
         seed=seed,
+        cpu_price_per_hour=cpu_price_per_hour,
+        gpu_price_per_hour=gpu_price_per_hour,
     )
     with err_console.status("computing the report"):
         result = build_report(prepared_dir, options)

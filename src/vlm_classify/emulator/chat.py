@@ -18,7 +18,7 @@ from typing import Any
 
 from PIL import Image
 
-from .. import tokens
+from ..backends.openai import tokens
 from ..errors import UserError
 from ..pricing import GPT4O_VISION, VisionRule, lookup
 from .apierror import ApiError

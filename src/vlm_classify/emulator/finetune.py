@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import spec
+from ..backends.openai import spec
 from . import draw
 from .apierror import ApiError
 from .state import FineTunedModel, Store

@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from .. import spec
+from ..backends.openai import spec
 from . import draw
 from .api import CHAT_ROUTE, ApiRequest, ApiResponse, find_route, route_name, split_path
 from .apierror import ApiError

@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Any
 
-from .. import spec, tokens
+from ..backends.openai import spec, tokens
 from .apierror import ApiError
 from .batches import CHAT_ENDPOINTS, BatchRunner, models_in
 from .chat import ChatResult, ModelRoute, complete, image_parts, image_token_count, resolve_image

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from ..cost import (
     FAR_BEYOND,
     HOURS_PER_MONTH,
     ArmUsage,
+    ComputeUsage,
     ServingMode,
     arm_cost,
     break_even,
@@ -32,6 +34,9 @@ from .verdict import verdict
 
 MAX_VOLUME = 1e12
 """The largest --volume taken (a trillion images a month): beyond it the cost curve overflows."""
+
+WORDNET_ID = re.compile(r"n\d{8}")
+"""ImageNet's class ids (WordNet synsets), which Stanford Dogs' folders carry too."""
 
 ARM_COLUMNS = (
     "prediction",
@@ -67,6 +72,11 @@ class ReportOptions(BaseModel):
     """A pricing file that extends or overrides the shipped table."""
     seed: int = Field(0, ge=0)
     """Seed of the paired bootstrap."""
+    cpu_price_per_hour: float | None = Field(None, ge=0, allow_inf_nan=False)
+    """USD an hour of CPU time, for local arms that ran on the CPU (overrides what classify
+    recorded)."""
+    gpu_price_per_hour: float | None = Field(None, ge=0, allow_inf_nan=False)
+    """USD an hour of a GPU (cuda or mps), for local arms that ran on one."""
 
 
 class ReportResult(BaseModel):
@@ -142,6 +152,7 @@ def _arm_block(arm: Arm, al: Aligned) -> dict[str, Any]:
         "mode": arm.mode,
         "emulated": arm.emulated,
         "sample_verified": arm.sample is not None,
+        "pretrained_on": ((arm.finetune or {}).get("details") or {}).get("pretrained_on"),
         "fine_tuned": arm.fine_tuned,
         "fine_tune": ft or None,
         "finetune_job": {k: v for k, v in (arm.finetune or {}).items() if k != "_dir"} or None,
@@ -158,7 +169,7 @@ def _arm_block(arm: Arm, al: Aligned) -> dict[str, Any]:
     }
 
 
-def _usage(arm: Arm, block: dict[str, Any]) -> ArmUsage:
+def _usage(arm: Arm, block: dict[str, Any], opts: ReportOptions) -> ArmUsage:
     ft_meta = arm.meta.get("fine_tune") or {}
     job = arm.finetune or {}
     trained = job.get("trained_tokens")
@@ -175,6 +186,36 @@ def _usage(arm: Arm, block: dict[str, Any]) -> ArmUsage:
         accuracy=block["accuracy"],
         base_model=job.get("base_model") or ft_meta.get("base_model"),
         trained_tokens=int(trained) if trained is not None else None,
+        compute=_compute(arm, job, opts),
+    )
+
+
+def _device_price(device: str | None, recorded: Any, opts: ReportOptions) -> float | None:
+    """The hourly price of `device`: --cpu/--gpu-price-per-hour, else what was recorded."""
+    kind = (device or "cpu").split(":")[0]
+    override = opts.cpu_price_per_hour if kind == "cpu" else opts.gpu_price_per_hour
+    if override is not None:
+        return override
+    return float(recorded) if isinstance(recorded, (int, float)) else None
+
+
+def _compute(arm: Arm, job: dict[str, Any], opts: ReportOptions) -> ComputeUsage | None:
+    """A local arm's compute record (arm.json `compute`, its job's finetune.json), else None."""
+    c = arm.meta.get("compute")
+    if not isinstance(c, dict):
+        return None
+    device = str(c.get("device") or "cpu")
+    hardware = job.get("hardware") or {}
+    return ComputeUsage(
+        device=device.split(":")[0],
+        images_per_s=c.get("images_per_s"),
+        price_per_hour=_device_price(device, c.get("price_per_hour"), opts),
+        training_s=job.get("wall_s"),
+        training_price_per_hour=(
+            _device_price(hardware.get("device"), hardware.get("price_per_hour"), opts)
+            if job
+            else None
+        ),
     )
 
 
@@ -183,7 +224,7 @@ def _cost_section(
 ) -> dict[str, Any]:
     table = load_pricing(opts.pricing)
     for arm in arms:
-        cost = arm_cost(_usage(arm, blocks[arm.name]), table, opts.serving)
+        cost = arm_cost(_usage(arm, blocks[arm.name], opts), table, opts.serving)
         if not cost["error"]:
             cost["per_correct_at_volume"] = per_correct_at_volume(
                 cost, blocks[arm.name]["accuracy"], opts.volume, opts.months
@@ -240,6 +281,8 @@ def compute(prepared_dir: Path, opts: ReportOptions) -> tuple[dict[str, Any], Al
             "labels": len(al.labels),
             "total_items": len(arms[0].rows),
             "compared_items": len(al.ids),
+            "imagenet_ids": bool(al.manifest)
+            and all(WORDNET_ID.fullmatch(r.synset) for r in al.manifest.values()),
             "excluded": al.excluded,
         },
         "baseline": baseline,

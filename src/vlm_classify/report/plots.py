@@ -205,14 +205,16 @@ def cost_curve(
 
 
 def training(rows: Sequence[dict[str, str]], title: str) -> bytes:
-    """Loss and accuracy against step from a fine-tuning results file (empty cells skipped)."""
+    """Loss and accuracy from a training results file (empty cells skipped): the fine-tuning
+    API's per step, or a local job's `curves.csv` per epoch."""
+    x_col = "epoch" if rows and "epoch" in rows[0] else "step"
 
     def series(col: str) -> tuple[list[float], list[float]]:
         xs, ys = [], []
         for r in rows:
             try:
-                x, y = float(r["step"]), float(r.get(col) or "nan")
-            except (TypeError, ValueError):
+                x, y = float(r[x_col]), float(r.get(col) or "nan")
+            except (TypeError, ValueError, KeyError):
                 continue
             if not math.isnan(y):
                 xs.append(x)
@@ -223,14 +225,16 @@ def training(rows: Sequence[dict[str, str]], title: str) -> bytes:
     for col, ax in (
         ("train_loss", ax1),
         ("valid_loss", ax1),
+        ("val_loss", ax1),
         ("train_accuracy", ax2),
         ("valid_mean_token_accuracy", ax2),
+        ("val_accuracy", ax2),
     ):
         xs, ys = series(col)
         if xs:
             ax.plot(xs, ys, marker="." if len(xs) < 40 else None, label=col)
     for ax, name in ((ax1, "loss"), (ax2, "accuracy")):
-        ax.set_xlabel("step")
+        ax.set_xlabel(x_col)
         ax.set_ylabel(name)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)

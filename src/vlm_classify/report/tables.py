@@ -276,19 +276,28 @@ def cost_tables(m: dict[str, Any]) -> list[Table]:
         if c["error"]:
             rows.append([a["display"], c["error"], "", "", "", "", "", "", ""])
             continue
-        priced = c["serving_mode"] + (
-            " (fine-tuned prices)" if c["price_mode"] == "finetuned" else ""
-        )
         training = "-"
         if a["fine_tuned"]:
             training = "unknown" if c["training_usd"] is None else usd(c["training_usd"])
+        if c["price_mode"] == "compute":  # a local model: its machine's time
+            prices = (
+                f"{c['device']} at {usd(c['price_per_hour'])}/h, {c['images_per_s']:,.1f} images/s"
+            )
+            priced, realtime, batch = "compute time", usd(c["per_1000"]), usd(c["per_1000"])
+        else:
+            prices = f"{c['price_entry']} ({c['price_date']})"
+            priced = c["serving_mode"] + (
+                " (fine-tuned prices)" if c["price_mode"] == "finetuned" else ""
+            )
+            realtime = usd(c["per_1000_realtime"])
+            batch = usd(c["per_1000_batch"]) if c["per_1000_batch"] is not None else "-"
         rows.append(
             [
                 a["display"],
-                f"{c['price_entry']} ({c['price_date']})",
+                prices,
                 priced,
-                usd(c["per_1000_realtime"]),
-                usd(c["per_1000_batch"]) if c["per_1000_batch"] is not None else "-",
+                realtime,
+                batch,
                 training,
                 usd(c["hosting_per_hour"]) if a["fine_tuned"] else "-",
                 usd(c["per_correct"]),
@@ -310,10 +319,11 @@ def cost_tables(m: dict[str, Any]) -> list[Table]:
                 f"per correct prediction at {volume}/month (all costs)",
             ],
             rows,
-            "From the arm's own mean tokens per image on the compared items. 'tokens only' leaves "
+            "From the arm's own mean tokens per image on the compared items; a local model from "
+            "its measured images per second at its device's hourly price. 'tokens only' leaves "
             "out training and hosting; 'all costs' is the monthly cost at --volume (training "
-            "amortised, hosting, tokens) over the correct predictions a month. Prices are data "
-            "(pricing.json or --pricing): check their date.",
+            "amortised, hosting, tokens or compute) over the correct predictions a month. Prices "
+            "are data (pricing.json or --pricing, --cpu/--gpu-price-per-hour): check their date.",
         )
     ]
     cost = m["cost"]

@@ -78,6 +78,16 @@ def verdict(metrics: dict[str, Any]) -> dict[str, Any]:
                 "`vlm-classify classify ... --reset` to be sure."
             )
             sources[f"{name}.sample_verified"] = f"arms.{name}.sample_verified"
+    if metrics["dataset"].get("imagenet_ids"):
+        for name, a in arms.items():
+            if "imagenet" in str(a.get("pretrained_on") or "").lower():
+                text.append(
+                    f"Seen in pretraining: {a['display']} starts from ImageNet weights, and this "
+                    "sample's classes carry ImageNet (WordNet) ids, as Stanford Dogs' do: its test "
+                    "images may be among those it was pretrained on, so its accuracy may be "
+                    "optimistic."
+                )
+                sources[f"{name}.pretrained_on"] = f"arms.{name}.pretrained_on"
     if len(arms) == 1:
         text.append(
             f"{b['display']} is correct on {pct(b['accuracy'])} of {b['n']} test items "

@@ -10,8 +10,8 @@ import base64
 import json
 from typing import Any, Literal, NamedTuple
 
+from ...prompts import answer_schema
 from . import spec
-from .prompts import answer_schema
 
 Detail = Literal["low", "high", "auto"]
 DETAILS: tuple[Detail, ...] = ("low", "high", "auto")

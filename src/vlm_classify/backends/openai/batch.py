@@ -21,15 +21,15 @@ from typing import Any, BinaryIO
 
 import openai
 
-from .arms import arm_dir
-from .backends.openai import OpenAIChatBackend, prediction_from_response, translate_error
-from .dataset.manifest import ManifestRow
-from .errors import FatalError, TransientError
+from ...arms import arm_dir
+from ...dataset.manifest import ManifestRow
+from ...errors import FatalError, TransientError
+from ...models import is_fine_tuned_name
+from ...runner import Progress, RunnerConfig, RunSummary, first_contact, run_items
+from ...store import Store
+from .chat import OpenAIChatBackend, prediction_from_response, translate_error
 from .export import ExportLimits
-from .models import is_fine_tuned_name
-from .openai_wire import AZURE_CHAT_URL, CHAT_URL, batch_line, dumps_line, parse_batch_output_line
-from .runner import Progress, RunnerConfig, RunSummary, first_contact, run_items
-from .store import Store
+from .wire import AZURE_CHAT_URL, CHAT_URL, batch_line, dumps_line, parse_batch_output_line
 
 log = logging.getLogger(__name__)
 

@@ -19,19 +19,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import openai
 from pydantic import BaseModel, Field
 
-from .arms import arm_dir, check_arm_name
-from .backends.openai import make_client, parse_openai_model, translate_error
-from .dataset.manifest import load_sample
-from .errors import FatalError, TransientError, UserError
-from .export import ExportOptions, ExportResult, export
-from .openai_wire import Detail
-from .prompts import PromptStyle
-from .store import Store
+import openai
 
-FINETUNE_JSON = "finetune.json"
+from ...arms import FINETUNE_JSON, arm_dir, check_arm_name
+from ...dataset.manifest import load_sample
+from ...errors import FatalError, TransientError, UserError
+from ...prompts import PromptStyle
+from ...store import Store
+from .chat import make_client, parse_openai_model, translate_error
+from .export import ExportOptions, ExportResult, export
+from .wire import Detail
+
 RESULTS_CSV = "finetune-results.csv"
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
@@ -389,19 +389,3 @@ def _write(out: Path, record: dict[str, Any]) -> None:
     tmp = out / (FINETUNE_JSON + ".tmp")
     tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     tmp.replace(out / FINETUNE_JSON)
-
-
-def find_fine_tune(prepared_dir: Path, model: str) -> dict[str, Any] | None:
-    """The finetune.json (plus its arm name) whose fine-tuned model (or Azure deployment) is `model`."""
-    ref_name = model.partition("/")[2]
-    for path in sorted((Path(prepared_dir) / "arms").glob(f"*/{FINETUNE_JSON}")):
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if ref_name and ref_name in (
-            record.get("fine_tuned_model"),
-            *record.get("deployments", []),
-        ):
-            return {"job_arm": path.parent.name, **record}
-    return None

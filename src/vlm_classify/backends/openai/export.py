@@ -20,11 +20,12 @@ from typing import Any, Literal
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from . import __version__
-from .dataset.manifest import ManifestRow, read_labels, read_manifest
-from .errors import DataError, UserError
-from .models import OPENAI_PROVIDERS, parse_model
-from .openai_wire import (
+from ... import __version__
+from ...dataset.manifest import ManifestRow, read_labels, read_manifest
+from ...errors import DataError, UserError
+from ...models import OPENAI_PROVIDERS, parse_model
+from ...prompts import PromptStyle, system_prompt
+from .wire import (
     AZURE_CHAT_URL,
     CHAT_URL,
     AnswerMode,
@@ -39,7 +40,6 @@ from .openai_wire import (
     finetune_line_errors,
     sniff_image_mime,
 )
-from .prompts import PromptStyle, system_prompt
 
 JSONL_DIR = "jsonl"
 EXPORT_JSON = "export.json"

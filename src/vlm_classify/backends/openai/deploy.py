@@ -16,9 +16,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from .arms import arm_dir
-from .errors import FatalError, UserError
-from .finetune import FINETUNE_JSON
+from ...arms import FINETUNE_JSON, arm_dir
+from ...errors import FatalError, UserError
 
 MGMT_API_VERSION = "2024-10-01"
 DEFAULT_MGMT_ENDPOINT = "https://management.azure.com"

@@ -24,8 +24,8 @@ from typing import Any
 
 import tiktoken
 
-from .openai_wire import DETAILS, AnswerMode, Detail
-from .pricing import GPT4O_VISION, VisionRule, lookup
+from ...pricing import GPT4O_VISION, VisionRule, lookup
+from .wire import DETAILS, AnswerMode, Detail
 
 ENCODING_NAME = "o200k_base"
 O200K_URL = "https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken"

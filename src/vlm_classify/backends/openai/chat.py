@@ -20,9 +20,8 @@ from urllib.parse import urlsplit
 
 import openai
 
-from .. import tokens
-from ..dataset.manifest import ManifestRow
-from ..errors import (
+from ...dataset.manifest import ManifestRow
+from ...errors import (
     FatalError,
     ItemError,
     TransientError,
@@ -30,8 +29,12 @@ from ..errors import (
     UserError,
     VlmClassifyError,
 )
-from ..models import OPENAI_PROVIDERS, ModelRef, parse_model
-from ..openai_wire import (
+from ...models import OPENAI_PROVIDERS, ModelRef, parse_model
+from ...pricing import GPT4O_VISION, VisionRule, lookup
+from ...prompts import PromptStyle, parse_answer, parse_enum_answer, system_prompt
+from ..base import Prediction, Usage
+from . import tokens
+from .wire import (
     AnswerMode,
     Detail,
     chat_body,
@@ -39,9 +42,6 @@ from ..openai_wire import (
     image_data_url,
     parse_chat_response,
 )
-from ..pricing import GPT4O_VISION, VisionRule, lookup
-from ..prompts import PromptStyle, parse_answer, parse_enum_answer, system_prompt
-from .base import Prediction, Usage
 
 EMULATOR_HEADER = "x-emulated"
 
