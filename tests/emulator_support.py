@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vlm_classify import spec
+from vlm_classify.backends.openai import spec
 from vlm_classify.dataset.manifest import ManifestRow, read_labels, read_manifest
 from vlm_classify.emulator.state import ChatArrival
 from vlm_classify.prompts import answer_schema, system_prompt
