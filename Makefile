@@ -10,9 +10,14 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# Reinstall when the project's dependencies change.
+# Reinstall when the project's dependencies change. The demo needs no torch; the tests of the
+# local arms (clip/, cnn/) do: `make test` adds the `local` extra (torch, open_clip, timm...).
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+$(VENV)/.installed-local: pyproject.toml $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[dev,local]'
 	touch $@
 
 # The whole study offline: sample -> prepare -> export -> estimate -> emulator -> zero-shot (Batch
@@ -20,13 +25,13 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed
 	BIN=$(BIN) DEMO=$(DEMO) bash scripts/demo.sh
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed-local
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy src
 	$(BIN)/python -m pytest -q
 
-lint: $(VENV)/.installed
+lint: $(VENV)/.installed-local
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy src
 
@@ -35,7 +40,7 @@ format: $(VENV)/.installed
 	$(BIN)/ruff check --fix src tests benchmarks
 
 # The figures in docs/benchmarks.md (several minutes; the throughput run alone takes ~70 s).
-bench: $(VENV)/.installed
+bench: $(VENV)/.installed-local
 	$(BIN)/python benchmarks/bench_prepare.py
 	$(BIN)/python benchmarks/bench_classify_throughput.py
 	$(BIN)/python benchmarks/bench_classify_overhead.py

@@ -19,6 +19,7 @@ from . import __version__
 from .arms import arm_dir, check_arm_name, find_fine_tune, write_arm_files
 from .backends import registry
 from .backends.base import LocalSettings
+from .backends.local.templates import templates_identity
 from .backends.openai.batch import BATCH_REMOTE_KINDS, BatchSettings, run_batch
 from .backends.openai.chat import ChatSettings, OpenAIChatBackend, make_client
 from .backends.openai.wire import AnswerMode, Detail
@@ -67,7 +68,9 @@ class ClassifyOptions(BaseModel):
 
     def recorded_settings(self, kind: Kind = "remote") -> dict[str, Any]:
         """The settings that define the arm's answers (a rerun must not change them)."""
-        if kind == "local":  # no prompt: the model and the label list define its answers
+        if kind == "local":  # no prompt: the model, the label list (and templates) define them
+            if self.model.startswith("clip/") and not self.model.startswith("clip/arm:"):
+                return {"split": self.split, "templates": templates_identity(self.local.templates)}
             return {"split": self.split}
         return {
             "split": self.split,

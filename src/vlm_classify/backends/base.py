@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal, Protocol
 
 from pydantic import BaseModel, Field
@@ -74,6 +75,8 @@ class LocalSettings(BaseModel):
     """Use local files only (also when `HF_HUB_OFFLINE=1`): a missing file is one clear line."""
     workers: int = Field(0, ge=0, le=64)
     """Processes decoding images alongside the model (0: in the main process)."""
+    templates: Path | None = None
+    """`clip/` zero-shot: a JSON file of prompt templates replacing the shipped ones."""
     cpu_price_per_hour: float | None = Field(None, ge=0, allow_inf_nan=False)
     """USD an hour of this machine's CPU time: recorded, for the report's cost by compute time."""
     gpu_price_per_hour: float | None = Field(None, ge=0, allow_inf_nan=False)

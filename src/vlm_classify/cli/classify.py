@@ -95,6 +95,12 @@ LOCAL_PROVIDERS = {p.name for p in PROVIDERS.values() if p.kind == "local"}
     type=click.IntRange(1, 4096),
     help="Local models: images per forward pass.",
 )
+@click.option(
+    "--templates",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="clip/ zero-shot: a JSON list of prompt templates (each with one {} for the label) "
+    "replacing the shipped ones.",
+)
 @local_options
 def classify_cmd(
     prepared_dir: Path,
@@ -116,6 +122,7 @@ def classify_cmd(
     reset: bool,
     poll_s: float,
     batch_size: int,
+    templates: Path | None,
     device: str,
     workers: int,
     offline: bool,
@@ -150,6 +157,7 @@ def classify_cmd(
                 {
                     "device": device,
                     "batch_size": batch_size,
+                    "templates": templates,
                     "workers": workers,
                     "offline": offline,
                     "cpu_price_per_hour": cpu_price_per_hour,

@@ -229,6 +229,9 @@ def _train_local(
         f"{record['wall_s']:.1f} s on {record['hardware']['device']}; best epoch "
         f"{record['best_epoch']}" + (f", val accuracy {acc:.2%}" if acc is not None else "")
     )
+    details = record.get("details") or {}
+    if details.get("pretrained") is False and details.get("pretrained_note"):
+        out_console.print(f"  [yellow]from scratch:[/] {escape(str(details['pretrained_note']))}")
     out_console.print(f"  fine-tuned model: {record['fine_tuned_model']}")
     out_console.print(f"  next: {record['evaluate_with']}")
 

@@ -165,7 +165,10 @@ def _arm_block(arm: Arm, al: Aligned) -> dict[str, Any]:
             "prompt_per_image": tokens_in / len(ids),
             "completion_per_image": tokens_out / len(ids),
         },
-        "latency_ms": _latency(lat) if arm.mode != "batch" else None,
+        # A request's latency: a Batch arm has none, and a local arm's per-image time is a share
+        # of its batch's (its speed is `compute.images_per_s`, in the cost section).
+        "latency_ms": _latency(lat) if arm.mode not in ("batch", "local") else None,
+        "compute": arm.meta.get("compute"),
     }
 
 

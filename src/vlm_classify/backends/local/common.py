@@ -86,8 +86,10 @@ def loader(
     device: torch.device,
     shuffle: bool = False,
     seed: int = 0,
+    drop_last: bool = False,
 ) -> DataLoader[Any]:
-    """A DataLoader that decodes in `workers` processes and pins memory for a GPU."""
+    """A DataLoader that decodes in `workers` processes and pins memory for a GPU
+    (`drop_last`: without the last batch when it is short)."""
     generator = torch.Generator().manual_seed(seed) if shuffle else None
     return DataLoader(
         dataset,
@@ -97,6 +99,7 @@ def loader(
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
         generator=generator,
+        drop_last=drop_last,
     )
 
 
