@@ -3,7 +3,6 @@ the tests of the local arms."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -98,21 +97,9 @@ def colour_prepared(root: Path, per_split: dict[str, int], noise: float = 25.0) 
                 rel = f"images/{key}/{split}_{i}.jpg"
                 (root / rel).parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(root / rel, "JPEG")
-                data = (root / rel).read_bytes()
-                digest = hashlib.sha256(data).hexdigest()
                 rows.append(
-                    ManifestRow(
-                        id=f"{key}/{split}_{i}",
-                        split=split,  # type: ignore[arg-type]
-                        label=label,
-                        synset=key,
-                        source_path=f"{key}/{split}_{i}.jpg",
-                        source_sha256=digest,
-                        image_path=rel,
-                        image_sha256=digest,
-                        width=48,
-                        height=40,
-                        bytes=len(data),
+                    ManifestRow.for_image(
+                        root, rel, id=f"{key}/{split}_{i}", split=split, label=label, synset=key
                     )
                 )
     write_manifest(root / MANIFEST_NAME, rows)

@@ -5,7 +5,6 @@ hub is offline, its caches are empty temporary folders and sockets refuse to con
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import random
 import socket
@@ -61,21 +60,9 @@ def make_colour_dir(root: Path, per_split: dict[str, int], size: int = 32) -> Pa
                 rel = f"images/{label}/{split}_{i}.jpg"
                 (root / rel).parent.mkdir(parents=True, exist_ok=True)
                 img.save(root / rel, "JPEG", quality=90)
-                data = (root / rel).read_bytes()
-                digest = hashlib.sha256(data).hexdigest()
                 rows.append(
-                    ManifestRow(
-                        id=f"{label}/{split}_{i}",
-                        split=split,  # type: ignore[arg-type]
-                        label=label,
-                        synset="",
-                        source_path=rel,
-                        source_sha256=digest,
-                        image_path=rel,
-                        image_sha256=digest,
-                        width=size,
-                        height=size,
-                        bytes=len(data),
+                    ManifestRow.for_image(
+                        root, rel, id=f"{label}/{split}_{i}", split=split, label=label
                     )
                 )
     write_manifest(root / MANIFEST_NAME, rows)

@@ -122,6 +122,21 @@ def write_arm_files(
     return out, totals
 
 
+def read_job(out: Path) -> dict[str, Any]:
+    """A job's finetune.json in arm folder `out` ({} when there is none yet, or it is unreadable)."""
+    try:
+        return dict(json.loads((Path(out) / FINETUNE_JSON).read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return {}
+
+
+def write_job(out: Path, record: dict[str, Any]) -> None:
+    """Write a job's finetune.json whole or not at all (a temp file, then a rename)."""
+    tmp = Path(out) / (FINETUNE_JSON + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.replace(Path(out) / FINETUNE_JSON)
+
+
 def find_fine_tune(prepared_dir: Path, model: str) -> dict[str, Any] | None:
     """The finetune.json (plus its arm name) whose fine-tuned model, or one of its Azure
     deployments, is `model` (`provider/name`), of the same provider: an OpenAI id and an Azure

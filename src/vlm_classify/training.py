@@ -9,7 +9,6 @@ is a model string `classify` accepts as it is, and the report reads its training
 from __future__ import annotations
 
 import csv
-import json
 import platform
 import time
 from collections.abc import Callable, Sequence
@@ -19,7 +18,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel, Field
 
 from . import __version__
-from .arms import FINETUNE_JSON, arm_dir, check_arm_name
+from .arms import arm_dir, check_arm_name, read_job, write_job
 from .backends import registry
 from .backends.base import LocalSettings
 from .dataset.manifest import ManifestRow, load_sample
@@ -120,7 +119,7 @@ def train_local(
         raise ValueError(f"{ref} is not a local model")
     sample = load_sample(prepared_dir)
     out = arm_dir(prepared_dir, options.name)
-    previous = _read(out)
+    previous = read_job(out)
     if previous.get("sample") not in (None, sample.identity):
         raise UserError(
             f"arm {options.name!r} trained on another sample of {prepared_dir} (prepared again "
@@ -170,7 +169,7 @@ def train_local(
             f"{options.name} --name {options.name}-eval"
         ),
     }
-    _write(out, record)
+    write_job(out, record)
     return record
 
 
@@ -180,19 +179,6 @@ def _write_curves(path: Path, curves: list[Epoch]) -> None:
         w.writeheader()
         for e in curves:
             w.writerow(e.model_dump())
-
-
-def _read(out: Path) -> dict[str, Any]:
-    try:
-        return dict(json.loads((out / FINETUNE_JSON).read_text(encoding="utf-8")))
-    except (OSError, ValueError):
-        return {}
-
-
-def _write(out: Path, record: dict[str, Any]) -> None:
-    tmp = out / (FINETUNE_JSON + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(out / FINETUNE_JSON)
 
 
 __all__ = [

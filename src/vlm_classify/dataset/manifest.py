@@ -41,6 +41,32 @@ class ManifestRow(BaseModel):
     height: int
     bytes: int
 
+    @classmethod
+    def for_image(
+        cls, root: Path, rel: str, *, id: str, split: Split, label: str, synset: str = ""
+    ) -> ManifestRow:
+        """The row of an image already written at `root/rel` and used as it is (its own source):
+        for manifests written directly, as tests and benchmarks do, without `prepare`."""
+        from PIL import Image
+
+        data = (Path(root) / rel).read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        with Image.open(Path(root) / rel) as img:
+            width, height = img.size
+        return cls(
+            id=id,
+            split=split,
+            label=label,
+            synset=synset,
+            source_path=rel,
+            source_sha256=digest,
+            image_path=rel,
+            image_sha256=digest,
+            width=width,
+            height=height,
+            bytes=len(data),
+        )
+
 
 FIELDS: list[str] = list(ManifestRow.model_fields)
 

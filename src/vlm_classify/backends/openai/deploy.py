@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from ...arms import FINETUNE_JSON, arm_dir
+from ...arms import FINETUNE_JSON, arm_dir, write_job
 from ...errors import FatalError, UserError
 
 MGMT_API_VERSION = "2024-10-01"
@@ -121,6 +121,4 @@ def _record_deployment(path: Path, record: dict[str, Any], deployment: str) -> N
     """Name the deployment in finetune.json: `classify azure/<deployment>` then knows it serves
     this fine-tuned model (Azure deployment names carry no `ft` mark)."""
     record["deployments"] = sorted({*record.get("deployments", []), deployment})
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_job(path.parent, record)

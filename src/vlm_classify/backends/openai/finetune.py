@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 
 import openai
 
-from ...arms import FINETUNE_JSON, arm_dir, check_arm_name
+from ...arms import FINETUNE_JSON, arm_dir, check_arm_name, read_job, write_job
 from ...dataset.manifest import load_sample
 from ...errors import FatalError, TransientError, UserError
 from ...prompts import PromptStyle
@@ -90,7 +90,7 @@ def finetune(
     check_arm_name(options.name)
     ref = parse_openai_model(options.model)
     sample = load_sample(prepared_dir).identity
-    recorded = _read(arm_dir(prepared_dir, options.name)).get("sample")
+    recorded = read_job(arm_dir(prepared_dir, options.name)).get("sample")
     if recorded not in (None, sample):
         raise UserError(
             f"arm {options.name!r} fine-tuned on another sample of {prepared_dir} (sample "
@@ -152,7 +152,7 @@ class _Session:
             record = _record(job, self.provider, self.options, self.out)
             if created:  # a job re-attached by its stored id keeps the sample it recorded
                 record["sample"] = self.sample
-            _write(self.out, record)
+            write_job(self.out, record)
             if self.options.detach and job.status not in TERMINAL:
                 self.say(
                     "status", "detached: rerun the same command (or add --follow) to re-attach"
@@ -166,7 +166,7 @@ class _Session:
                 (self.out / RESULTS_CSV).write_bytes(_decode_results(content))
                 record["results_csv"] = RESULTS_CSV
             record["emulated"] = await _emulated(self.client)
-            _write(self.out, record)
+            write_job(self.out, record)
         except openai.OpenAIError as e:
             raise translate_error(e) from None
         finally:
@@ -347,7 +347,7 @@ async def _emulated(client: openai.AsyncOpenAI) -> bool:
 
 
 def _record(job: Any, provider: str, options: FinetuneOptions, out: Path) -> dict[str, Any]:
-    previous = _read(out)
+    previous = read_job(out)
     hyper = job.hyperparameters.model_dump() if job.hyperparameters else {}
     if job.method and job.method.supervised and job.method.supervised.hyperparameters:
         hyper = job.method.supervised.hyperparameters.model_dump()
@@ -376,16 +376,3 @@ def _record(job: Any, provider: str, options: FinetuneOptions, out: Path) -> dic
             f" --name fine-tuned --prompt {options.prompt}"
         )
     return record
-
-
-def _read(out: Path) -> dict[str, Any]:
-    try:
-        return dict(json.loads((out / FINETUNE_JSON).read_text(encoding="utf-8")))
-    except (OSError, ValueError):
-        return {}
-
-
-def _write(out: Path, record: dict[str, Any]) -> None:
-    tmp = out / (FINETUNE_JSON + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(out / FINETUNE_JSON)
