@@ -163,9 +163,19 @@ def test_a_model_fine_tuned_on_another_sample_is_refused(small_prepared: Path, m
 
 
 def test_items_in_error_exit_3_and_lead_the_summary(small_prepared: Path, monkeypatch, capsys):
+    # 36 train items at 50% faults, one attempt each: all failing or none has odds 2^-35
     emu = _emulate(small_prepared, monkeypatch, faults="500=0.5", accuracy=1.0)
     try:
-        args = ["classify", str(small_prepared), "--model", MODEL, "--name", "zs"]
+        args = [
+            "classify",
+            str(small_prepared),
+            "--model",
+            MODEL,
+            "--name",
+            "zs",
+            "--split",
+            "train",
+        ]
         code, stdout, err = run_cli([*args, "--max-attempts", "1", "--timeout", "5"], capsys)
     finally:
         emu.stop()

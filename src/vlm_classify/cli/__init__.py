@@ -33,6 +33,16 @@ def cli(debug: bool) -> None:
         level=logging.DEBUG if debug else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if not debug:  # the libraries' own retries and warnings are noise: our errors say it in a line
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_own_records)
+        # huggingface_hub and transformers set up their own handlers when first imported
+        os.environ.setdefault("HF_HUB_VERBOSITY", "error")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def _own_records(record: logging.LogRecord) -> bool:
+    return record.name.startswith("vlm_classify")
 
 
 def _register() -> None:

@@ -200,7 +200,8 @@ def classify_cmd(
     try:
         result = classify(prepared_dir, options, on_progress=on_progress, on_status=on_status)
     finally:
-        bar.stop()
+        if tasks:  # a bar never started would still print an empty line when stopped
+            bar.stop()
     t = result.totals
     emulated = (
         " [yellow](emulated: numbers from the built-in emulator, not a real model)[/]"
