@@ -158,3 +158,34 @@ def test_distributions_give_top_k_and_imagenet_pretraining_is_flagged(
     assert m["dataset"]["imagenet_ids"] is True
     seen = [t for t in m["verdict"]["text"] if t.startswith("Seen in pretraining")]
     assert len(seen) == 1 and "cnn" in seen[0]
+
+
+def test_the_report_scores_the_test_split_only(cloud_and_local: Path) -> None:
+    arm_json = cloud_and_local / "arms" / "cnn" / "arm.json"
+    doc = json.loads(arm_json.read_text())
+    doc["split"] = "train"
+    arm_json.write_text(json.dumps(doc))
+    with pytest.raises(
+        UserError, match="run on the train split: the report scores test items only"
+    ):
+        compute(cloud_and_local, ReportOptions(baseline="zero-shot"))
+
+
+def test_a_price_that_is_not_a_number_is_a_usage_error(cloud_and_local: Path, capsys) -> None:
+    from cli_support import run_cli
+
+    args = ["classify", str(cloud_and_local), "--model", "clip/x@y", "--name", "a"]
+    code, _, err = run_cli([*args, "--cpu-price-per-hour", "inf"], capsys)
+    assert code == 2 and "not a finite number" in err and "Traceback" not in err
+
+
+def test_an_error_from_a_loader_worker_is_shown_as_its_own_line() -> None:
+    from vlm_classify.cli import _one_line
+
+    wrapped = UserError(
+        "Caught UserError in DataLoader worker process 0.\nOriginal Traceback (most recent call "
+        'last):\n  File "x.py", line 1, in f\nvlm_classify.errors.UserError: cannot read a.jpg '
+        "(truncated): rerun `vlm-classify prepare`\n"
+    )
+    assert _one_line(wrapped) == "cannot read a.jpg (truncated): rerun `vlm-classify prepare`"
+    assert _one_line(UserError("plain")) == "plain"

@@ -375,3 +375,42 @@ def test_unknown_arm_is_one_line(prepared: Path) -> None:
 def test_probe_options_that_do_not_apply(prepared: Path, oc_dir: Path) -> None:
     with pytest.raises(UserError, match="--epochs and --lr do not apply"):
         train_local(prepared, TrainOptions(model=f"clip/{oc_dir}", name="p", epochs=3, local=CPU))
+
+
+# --- reruns: what an arm records stays true ------------------------------------------------
+
+
+def _compute(prepared: Path, arm: str) -> dict[str, Any]:
+    return json.loads((prepared / "arms" / arm / "arm.json").read_text())["compute"]
+
+
+def test_a_rerun_with_nothing_to_do_keeps_the_speed_and_price(prepared: Path, oc_dir: Path) -> None:
+    priced = CPU.model_copy(update={"cpu_price_per_hour": 0.5})
+    classify(prepared, ClassifyOptions(model=f"clip/{oc_dir}", name="zs", local=priced))
+    first = _compute(prepared, "zs")
+    assert first["images_per_s"] and first["price_per_hour"] == 0.5
+    classify(prepared, ClassifyOptions(model=f"clip/{oc_dir}", name="zs", local=CPU))
+    again = _compute(prepared, "zs")
+    assert again["images"] == 0  # nothing was classified again
+    assert again["images_per_s"] == first["images_per_s"] and again["price_per_hour"] == 0.5
+
+
+def test_a_model_trained_again_is_not_mixed_into_an_arm(
+    prepared: Path, oc_dir: Path, tmp_path: Path
+) -> None:
+    train_local(prepared, TrainOptions(model=f"clip/{oc_dir}", name="probe", local=CPU))
+    classify(prepared, ClassifyOptions(model="clip/arm:probe", name="eval", local=CPU, limit=2))
+    other = write_open_clip_dir(tmp_path / "other", seed=1)
+    with pytest.raises(UserError, match="already records a job"):
+        train_local(prepared, TrainOptions(model=f"clip/{other}", name="probe", local=CPU))
+    (prepared / "arms" / "probe" / "model" / PROBE_JSON).touch()  # its files are not the same
+    with pytest.raises(UserError, match="keep those settings"):
+        classify(prepared, ClassifyOptions(model="clip/arm:probe", name="eval", local=CPU))
+
+
+def test_reset_deletes_nothing_when_the_model_does_not_load(prepared: Path, oc_dir: Path) -> None:
+    classify(prepared, ClassifyOptions(model=f"clip/{oc_dir}", name="zs", local=CPU))
+    before = read_predictions(prepared / "arms" / "zs")
+    with pytest.raises(UserError, match="holds no trained model"):
+        classify(prepared, ClassifyOptions(model="clip/arm:typo", name="zs", local=CPU, reset=True))
+    assert read_predictions(prepared / "arms" / "zs") == before

@@ -171,7 +171,7 @@ def test_a_finished_run_rerun_does_no_work(trained: tuple[Path, dict[str, Any]])
     again, ran = _train(prepared, "cnn", epochs=5)
     assert ran == []
     assert again["curves"] == record["curves"] and again["best_epoch"] == record["best_epoch"]
-    with pytest.raises(UserError, match=r"already holds a cnn/ model trained with other settings"):
+    with pytest.raises(UserError, match=r"already records a job of cnn/test_resnet with"):
         _train(prepared, "cnn", epochs=7)
 
 

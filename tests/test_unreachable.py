@@ -174,3 +174,13 @@ def test_the_default_address_says_so() -> None:
         "cannot reach https://api.openai.com/v1/ (name not found), the default address: "
         "check the network connection, or set OPENAI_BASE_URL"
     )
+
+
+def test_the_address_in_a_message_carries_no_credentials() -> None:
+    from vlm_classify.backends.openai.chat import public_address
+
+    assert (
+        public_address("https://user:s3cret@127.0.0.1:9/v1/?api-key=k2")
+        == "https://127.0.0.1:9/v1/"
+    )
+    assert public_address("http://[::1]:8080/v1") == "http://[::1]:8080/v1"

@@ -4,13 +4,13 @@ Batch API, a local model in batches."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import openai
 from pydantic import BaseModel, Field
@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 from . import __version__
 from .arms import arm_dir, check_arm_name, find_fine_tune, write_arm_files
 from .backends import registry
-from .backends.base import LocalSettings
+from .backends.base import LocalBackend, LocalSettings
 from .backends.local.templates import templates_identity
 from .backends.openai.batch import BATCH_REMOTE_KINDS, BatchSettings, run_batch
 from .backends.openai.chat import ChatSettings, OpenAIChatBackend, make_client
@@ -30,6 +30,7 @@ from .models import ModelRef, is_fine_tuned_name
 from .prompts import PromptStyle
 from .runner import Progress, RunnerConfig, RunSummary, peak_rss_mb, run_items, run_local
 from .store import Store
+from .training import ARM_PREFIX, model_files_identity
 
 Mode = Literal["realtime", "batch"]
 
@@ -66,12 +67,19 @@ class ClassifyOptions(BaseModel):
             prompt=self.prompt, detail=self.detail, answer=self.answer, logprobs=self.logprobs
         )
 
-    def recorded_settings(self, kind: Kind = "remote") -> dict[str, Any]:
+    def recorded_settings(
+        self, kind: Kind = "remote", prepared_dir: Path | None = None
+    ) -> dict[str, Any]:
         """The settings that define the arm's answers (a rerun must not change them)."""
-        if kind == "local":  # no prompt: the model, the label list (and templates) define them
-            if self.model.startswith("clip/") and not self.model.startswith("clip/arm:"):
-                return {"split": self.split, "templates": templates_identity(self.local.templates)}
-            return {"split": self.split}
+        if kind == "local":  # no prompt: the model's files, the labels (and templates) do
+            out: dict[str, Any] = {"split": self.split}
+            name = self.model.partition("/")[2]
+            files = model_files_identity(name, prepared_dir) if prepared_dir else None
+            if files:  # a trained model or a folder: retrained or replaced is another model
+                out["model_files"] = files
+            if self.model.startswith("clip/") and not name.startswith(ARM_PREFIX):
+                out["templates"] = templates_identity(self.local.templates)
+            return out
         return {
             "split": self.split,
             "prompt": self.prompt,
@@ -117,23 +125,35 @@ def classify(
     if provider.kind == "remote":  # credentials checked before any work
         client = make_client(ref, timeout=options.runner.request_timeout_s)
     mode = options.mode if provider.kind == "remote" else "local"
-    settings = options.recorded_settings(provider.kind)
+    settings = options.recorded_settings(provider.kind, prepared_dir)
     started = time.time()
-    with Store.for_dir(prepared_dir) as store:
-        _bind_arm(store, prepared_dir, options, str(ref), settings, sample.identity, on_status)
+    with Store.for_dir(prepared_dir) as store, contextlib.ExitStack() as stack:
+        if not options.reset:  # refusals first: nothing loaded, nothing deleted
+            _bind_arm(store, prepared_dir, options, str(ref), settings, sample.identity)
+        backend = None
+        if client is None:  # the model loads before --reset deletes anything
+            backend = module.make_backend(ref, labels, prepared_dir, options.local)
+            stack.callback(backend.close)
+        if options.reset:
+            _discard_arm(store, prepared_dir, options.name, on_status)
         store.upsert_arm(options.name, str(ref), mode, settings, sample.identity)
         if options.retry_failed:
             store.forget(options.name, store.failed_ids(options.name))
         extra: dict[str, Any] = {"versions": _versions()}
-        if client is None:
+        if backend is not None:
             summary, compute = _run_local(
-                module, ref, labels, prepared_dir, items, store, options, on_progress
+                backend,
+                items,
+                store,
+                options,
+                _previous_compute(prepared_dir, options.name),
+                on_progress,
             )
             extra["compute"] = compute
             emulated = False
         else:
             summary, emulated = _run_remote(
-                client,
+                cast(openai.AsyncOpenAI, client),  # a remote model always has its client
                 ref,
                 labels,
                 prepared_dir,
@@ -211,37 +231,55 @@ def _run_remote(
 
 
 def _run_local(
-    module: ModuleType,
-    ref: ModelRef,
-    labels: list[str],
-    prepared_dir: Path,
+    backend: LocalBackend,
     items: list[ManifestRow],
     store: Store,
     options: ClassifyOptions,
+    previous: dict[str, Any],
     on_progress: Callable[[Progress], None] | None,
 ) -> tuple[RunSummary, dict[str, Any]]:
-    """A local model over the items in batches; and what it ran on and how fast."""
-    backend = module.make_backend(ref, labels, prepared_dir, options.local)
-    try:
-        summary = run_local(
-            backend, items, store, options.name, options.local.batch_size, on_progress
-        )
-        compute = {
-            "device": backend.device,
-            "batch_size": options.local.batch_size,
-            "images": summary.completed,
-            "busy_s": round(summary.busy_s or 0.0, 3),
-            "images_per_s": (
-                round(summary.completed / summary.busy_s, 3) if summary.busy_s else None
-            ),
-            "price_per_hour": options.local.price_per_hour(backend.device),
-            "peak_rss_mb": peak_rss_mb(),
-            "gpu_peak_mb": backend.gpu_peak_mb(),
-            "versions": backend.versions(),
-        }
-    finally:
-        backend.close()
+    """A local model over the items in batches; and what it ran on and how fast.
+
+    The speed is the model's real work: a backend that reuses cached work (`speed()`: CLIP's
+    embedding cache) says what its images took to compute; otherwise the time spent classifying
+    this run's batches. A rerun with nothing to do keeps the speed and price recorded before.
+    """
+    summary = run_local(backend, items, store, options.name, options.local.batch_size, on_progress)
+    speed = backend.speed() if hasattr(backend, "speed") else None
+    if speed is None and summary.completed and summary.busy_s:
+        speed = (summary.completed, summary.busy_s)
+    same_device = str(previous.get("device", "")).split(":")[0] == backend.device.split(":")[0]
+    if speed is None and same_device and previous.get("images_per_s"):
+        speed = (int(previous.get("speed_images") or 0), float(previous.get("speed_s") or 0.0))
+        images_per_s = previous["images_per_s"]
+    else:
+        images_per_s = round(speed[0] / speed[1], 3) if speed and speed[1] else None
+    price = options.local.price_per_hour(backend.device)
+    if price is None and same_device:
+        price = previous.get("price_per_hour")
+    compute = {
+        "device": backend.device,
+        "batch_size": options.local.batch_size,
+        "images": summary.completed,
+        "busy_s": round(summary.busy_s or 0.0, 3),
+        "images_per_s": images_per_s,
+        "speed_images": speed[0] if speed else None,
+        "speed_s": round(speed[1], 3) if speed else None,
+        "price_per_hour": price,
+        "peak_rss_mb": peak_rss_mb(),
+        "gpu_peak_mb": backend.gpu_peak_mb(),
+        "versions": backend.versions(),
+    }
     return summary, compute
+
+
+def _previous_compute(prepared_dir: Path, name: str) -> dict[str, Any]:
+    try:
+        doc = json.loads((arm_dir(prepared_dir, name) / "arm.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    compute = doc.get("compute") if isinstance(doc, dict) else None
+    return compute if isinstance(compute, dict) else {}
 
 
 def _bind_arm(
@@ -251,23 +289,12 @@ def _bind_arm(
     model: str,
     settings: dict[str, Any],
     sample: str,
-    on_status: Callable[[str], None] | None,
 ) -> None:
     """Refuse to resume an arm recorded for another sample, model or settings (nothing is
-    deleted); with `reset`, discard what it recorded first."""
+    deleted: `--reset` discards it, see `_discard_arm`)."""
     name = options.name
     previous = store.arm(name)
-    if previous is None:
-        return
-    if options.reset:
-        n = store.discard_arm(name, BATCH_REMOTE_KINDS)
-        out = arm_dir(prepared_dir, name)
-        for f in ("predictions.csv", "arm.json"):
-            (out / f).unlink(missing_ok=True)
-        if on_status:
-            on_status(f"--reset: discarded the {n} answer(s) recorded for arm {name!r}")
-        return
-    if not store.has_records(name):
+    if previous is None or not store.has_records(name):
         return  # nothing recorded yet: nothing to mix up
     fix = f"choose another --name, or add --reset to discard arm {name!r}'s answers"
     if previous["sample"] is None:
@@ -285,6 +312,20 @@ def _bind_arm(
             f"arm {name!r} was run with {previous['model']} {previous['settings']}: "
             f"keep those settings to resume it, or {fix}"
         )
+
+
+def _discard_arm(
+    store: Store, prepared_dir: Path, name: str, on_status: Callable[[str], None] | None
+) -> None:
+    """`--reset`: forget the arm's answers, its Batch objects and its files."""
+    if store.arm(name) is None:
+        return
+    n = store.discard_arm(name, BATCH_REMOTE_KINDS)
+    out = arm_dir(prepared_dir, name)
+    for f in ("predictions.csv", "arm.json"):
+        (out / f).unlink(missing_ok=True)
+    if on_status:
+        on_status(f"--reset: discarded the {n} answer(s) recorded for arm {name!r}")
 
 
 def _check_fine_tune_sample(record: dict[str, Any] | None, sample: Sample, model: str) -> None:

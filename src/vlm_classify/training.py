@@ -9,6 +9,7 @@ is a model string `classify` accepts as it is, and the report reads its training
 from __future__ import annotations
 
 import csv
+import hashlib
 import platform
 import time
 from collections.abc import Callable, Sequence
@@ -67,6 +68,10 @@ class TrainResult(BaseModel):
     """The epoch whose model was kept (the best val accuracy)."""
     details: dict[str, Any] = Field(default_factory=dict)
     """Provider-specific record: the regularisation chosen, augmentation, pretrained or not..."""
+    compute_s: float | None = None
+    """Seconds of compute the whole job takes on this device, whatever this session did (a
+    resumed run, a rerun with nothing left to do, embeddings already cached): its cost. None:
+    the session's wall time is used."""
 
 
 class LocalTrainer(Protocol):
@@ -100,10 +105,30 @@ def resolve_arm_model(name: str, prepared_dir: Path) -> Path | None:
     path = arm_dir(prepared_dir, arm) / MODEL_DIR
     if not path.is_dir():
         raise UserError(
-            f"arm {arm!r} holds no trained model ({path} is missing): run `vlm-classify "
-            f"finetune {prepared_dir} --name {arm}` first"
+            f"arm {arm!r} holds no trained model ({path} is missing): train one with "
+            f"`vlm-classify finetune {prepared_dir} --model PROVIDER/BASE --name {arm}` first"
         )
     return path
+
+
+def model_files_identity(name: str, prepared_dir: Path) -> str | None:
+    """What a local model's files are now (names, sizes, modification times), for `arm:NAME` and
+    folders; None for a hub name. An arm records it, so a model trained again or replaced under
+    the same name is not mixed with the answers of the one before."""
+    path = resolve_arm_model(name, prepared_dir)
+    if path is None:
+        folder = Path(name).expanduser()
+        if not folder.is_dir():
+            return None
+        path = folder
+    h = hashlib.sha256()
+    for f in sorted(path.rglob("*")):
+        if f.is_file() and not f.name.startswith(".") and f.name != "checkpoint.pt":
+            stat = f.stat()
+            h.update(
+                f"{f.relative_to(path).as_posix()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode()
+            )
+    return h.hexdigest()[:16]
 
 
 def train_local(
@@ -120,6 +145,14 @@ def train_local(
     sample = load_sample(prepared_dir)
     out = arm_dir(prepared_dir, options.name)
     previous = read_job(out)
+    hyper = options.model_dump(exclude={"model", "name", "local"})
+    if previous and (
+        previous.get("base_model") != str(ref) or previous.get("hyperparameters") != hyper
+    ):
+        raise UserError(
+            f"arm {options.name!r} already records a job of {previous.get('base_model')} with "
+            f"{previous.get('hyperparameters')}: train this one under another --name"
+        )
     if previous.get("sample") not in (None, sample.identity):
         raise UserError(
             f"arm {options.name!r} trained on another sample of {prepared_dir} (prepared again "
@@ -142,7 +175,7 @@ def train_local(
         "sample": sample.identity,
         "trained_images": len(train),
         "val_images": len(val),
-        "hyperparameters": options.model_dump(exclude={"model", "name", "local"}),
+        "hyperparameters": hyper,
         "local": options.local.model_dump(),
         "best_epoch": result.best_epoch,
         "best_val_accuracy": next(
@@ -152,6 +185,7 @@ def train_local(
         "results_csv": CURVES_CSV,
         "details": result.details,
         "wall_s": round(wall, 3),
+        "compute_s": result.compute_s if result.compute_s is not None else round(wall, 3),
         "hardware": {
             "device": trainer.device,
             "price_per_hour": options.local.price_per_hour(trainer.device),

@@ -74,6 +74,16 @@ def _register() -> None:
 _register()
 
 
+def _one_line(e: VlmClassifyError) -> str:
+    """The error's own line; one raised in a DataLoader worker process comes back with the
+    worker's traceback in its message, and its last line is the original message."""
+    text = str(e)
+    if "Original Traceback" in text:
+        last = text.strip().splitlines()[-1]
+        return last.split(": ", 1)[1] if last.split(": ", 1)[0].endswith("Error") else last
+    return text
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI and turn every failure into one clear line (tracebacks with --debug)."""
     args = sys.argv[1:] if argv is None else argv
@@ -100,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     except VlmClassifyError as e:
         if debug:
             raise
-        err_console.print(f"[bold red]error:[/] {escape(str(e))}")
+        err_console.print(f"[bold red]error:[/] {escape(_one_line(e))}")
         sys.exit(1)
     except Exception as e:
         if debug:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -10,6 +11,22 @@ import click
 from ..backends.openai.wire import ANSWER_MODES, DETAILS
 from ..dataset.manifest import SPLITS
 from ..prompts import PROMPT_STYLES
+
+
+class FiniteFloat(click.FloatRange):
+    """A float range that also refuses nan and inf (click's FloatRange lets them through)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+    def _describe_range(self) -> str:
+        lo = None if self.min is None else f"{self.min:g}{'<' if self.min_open else '<='}"
+        hi = None if self.max is None else f"{'<' if self.max_open else '<='}{self.max:g}"
+        return f"{lo or ''}x{hi or ''}"
+
 
 split_option = click.option(
     "--split",
@@ -93,12 +110,12 @@ def local_options(func: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option(
             "--cpu-price-per-hour",
-            type=click.FloatRange(min=0),
+            type=FiniteFloat(min=0),
             help="USD an hour of CPU time, recorded to price a local model by compute time.",
         ),
         click.option(
             "--gpu-price-per-hour",
-            type=click.FloatRange(min=0),
+            type=FiniteFloat(min=0),
             help="USD an hour of the GPU, recorded to price a local model by compute time.",
         ),
     ]

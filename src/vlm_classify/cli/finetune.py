@@ -121,6 +121,9 @@ def finetune_cmd(
     DIR/arms/NAME/model and record it as clip/arm:NAME or cnn/arm:NAME, which classify takes.
     """
     if model.partition("/")[0] in LOCAL_PROVIDERS:
+        for flag, given in (("--follow", follow_only), ("--detach", detach), ("--suffix", suffix)):
+            if given:
+                raise UserError(f"{flag} is for the fine-tuning API: a local model trains here")
         _train_local(
             prepared_dir,
             model,

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import Any
 
 import click
 
 from ..errors import UserError
 from ._console import err_console, out_console
+from ._options import FiniteFloat
 
 
 def _names(text: str | None) -> list[str] | None:
@@ -19,21 +18,6 @@ def _names(text: str | None) -> list[str] | None:
     if not names:
         raise UserError("--arms: give arm names separated by commas, e.g. zero-shot,fine-tuned")
     return names
-
-
-class FiniteFloat(click.FloatRange):
-    """A float range that also refuses nan and inf (click's FloatRange lets them through)."""
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        number = super().convert(value, param, ctx)
-        if not math.isfinite(number):
-            self.fail(f"{value!r} is not a finite number", param, ctx)
-        return number
-
-    def _describe_range(self) -> str:
-        lo = None if self.min is None else f"{self.min:g}{'<' if self.min_open else '<='}"
-        hi = None if self.max is None else f"{'<' if self.max_open else '<='}{self.max:g}"
-        return f"{lo or ''}x{hi or ''}"
 
 
 @click.command("report")

@@ -47,6 +47,7 @@ ARM_COLUMNS = (
     "prompt_tokens",
     "completion_tokens",
     "emulated",
+    "scores",
 )
 """results.csv columns written for each arm, as `<arm>.<column>` (`emulated` is 1 when the
 built-in emulator answered: its numbers are settings, not a model's)."""
@@ -118,6 +119,7 @@ def results_csv(al: Aligned) -> str:
                 r.get("prompt_tokens", ""),
                 r.get("completion_tokens", ""),
                 int(a.emulated),
+                r.get("scores", ""),
             ]
         w.writerow(row)
     return f.getvalue()
@@ -213,7 +215,7 @@ def _compute(arm: Arm, job: dict[str, Any], opts: ReportOptions) -> ComputeUsage
         device=device.split(":")[0],
         images_per_s=c.get("images_per_s"),
         price_per_hour=_device_price(device, c.get("price_per_hour"), opts),
-        training_s=job.get("wall_s"),
+        training_s=job.get("compute_s", job.get("wall_s")),
         training_price_per_hour=(
             _device_price(hardware.get("device"), hardware.get("price_per_hour"), opts)
             if job

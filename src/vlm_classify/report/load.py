@@ -229,6 +229,13 @@ def _check_sample(arm: Arm, sample: Sample, manifest: dict[str, ManifestRow]) ->
         f"rerun it on this sample with `vlm-classify classify {sample.dir} --name {arm.name} "
         "--reset` (same --model and settings), or leave it out with --arms"
     )
+    if arm.split != "test":
+        raise UserError(
+            f"arm {arm.name!r} was run on the {arm.split} split: the report scores test items "
+            f"only (a fine-tune scored on its own training items says nothing); run it with "
+            f"`vlm-classify classify {sample.dir} --name NAME --split test`, or leave it out "
+            "with --arms"
+        )
     if arm.sample is not None and arm.sample != sample.identity:
         raise UserError(
             f"arm {arm.name!r} was recorded for another sample (sample {arm.sample[:12]}; "

@@ -468,6 +468,11 @@ class ClipBackend:
         probs = self.head.probs(self.embedder.embed(items))
         return [prediction_from_scores(self.labels, p.tolist()) for p in probs]
 
+    def speed(self) -> tuple[int, float] | None:
+        """(images, seconds) of image-encoder work: what an image costs, cached or not (the head
+        is one small product)."""
+        return self.embedder.speed()
+
     def gpu_peak_mb(self) -> float | None:
         return common.gpu_peak_mb(self.encoder.device)
 

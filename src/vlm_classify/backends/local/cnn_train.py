@@ -114,7 +114,12 @@ class CnnTrainer:
             card = read_card(out, f"arm {out.parent.name!r}")
             _check_same(card.fingerprint, fingerprint, out, finished=True)
             (out / CHECKPOINT).unlink(missing_ok=True)
-            return TrainResult(curves=card.curves, best_epoch=card.best_epoch, details=card.details)
+            return TrainResult(
+                curves=card.curves,
+                best_epoch=card.best_epoch,
+                details=card.details,
+                compute_s=_compute_s(card.curves),
+            )
         out.mkdir(parents=True, exist_ok=True)
         state = self._load_checkpoint(out, fingerprint)
         if state is None:
@@ -263,7 +268,12 @@ class CnnTrainer:
         card_tmp.write_text(card.model_dump_json(indent=2) + "\n", encoding="utf-8")
         card_tmp.replace(out / CARD)  # written last: its presence means "finished"
         (out / CHECKPOINT).unlink(missing_ok=True)
-        return TrainResult(curves=curves, best_epoch=card.best_epoch, details=details)
+        return TrainResult(
+            curves=curves,
+            best_epoch=card.best_epoch,
+            details=details,
+            compute_s=_compute_s(curves),
+        )
 
     def _train_epoch(
         self,
@@ -463,3 +473,10 @@ __all__ = [
     "init_model",
     "pretrained_on",
 ]
+
+
+def _compute_s(curves: Sequence[Epoch]) -> float | None:
+    """The job's training time: every epoch's own seconds, once each (a resumed run counts the
+    epochs of every session; a finished run rerun counts nothing new)."""
+    seconds = [e.seconds for e in curves if e.seconds is not None]
+    return round(sum(seconds), 3) if curves and len(seconds) == len(curves) else None

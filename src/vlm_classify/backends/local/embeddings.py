@@ -10,9 +10,11 @@ The cache lives under the prepared folder, one folder per model and precision
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
+import time
 import uuid
 import zipfile
 from collections.abc import Callable, Sequence
@@ -30,6 +32,8 @@ from . import common
 
 log = logging.getLogger(__name__)
 
+SPEED_JSON = "speed.json"
+"""In a cache folder: images encoded and seconds taken, by device type."""
 CACHE_DIR = Path("cache") / "embeddings"
 """Under the prepared dir: one folder of embedding chunks per model (and precision)."""
 
@@ -140,11 +144,14 @@ class Embedder:
         """Images this embedder sent through the image encoder."""
         self.reused = 0
         """Images it found in the cache."""
+        self.encode_s = 0.0
+        """Seconds spent decoding and encoding those images."""
 
     def embed(self, rows: Sequence[ManifestRow]) -> np.ndarray:
         todo = list({r.image_sha256: r for r in rows if r.image_sha256 not in self.cache}.values())
         self.reused += len(rows) - len(todo)
         if todo:
+            t0 = time.perf_counter()
             data = common.ImageDataset(self.root, todo, self.encoder.transform)
             start = 0
             for pixels, _ in common.loader(
@@ -154,7 +161,40 @@ class Embedder:
                 start += len(batch)
                 self.cache.add([r.image_sha256 for r in batch], self.encoder.encode_images(pixels))
                 self.computed += len(batch)
+            elapsed = time.perf_counter() - t0
+            self.encode_s += elapsed
+            self._record_speed(len(todo), elapsed)
         return np.stack([self.cache.get(r.image_sha256) for r in rows])
+
+    def _record_speed(self, images: int, seconds: float) -> None:
+        """Add to the cache's record of what encoding costs on this kind of device, so that a
+        run whose embeddings were all cached can still be priced by what they took to make."""
+        path = self.cache.folder / SPEED_JSON
+        record = self._speeds()
+        entry = record.setdefault(self.encoder.device.type, {"images": 0, "seconds": 0.0})
+        entry["images"] += images
+        entry["seconds"] += seconds
+        self.cache.folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{SPEED_JSON}.{uuid.uuid4().hex}.tmp")
+        tmp.write_text(json.dumps(record), encoding="utf-8")
+        os.replace(tmp, path)
+
+    def _speeds(self) -> dict[str, dict[str, float]]:
+        try:
+            data = json.loads((self.cache.folder / SPEED_JSON).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def speed(self) -> tuple[int, float] | None:
+        """(images, seconds) of real encoder work: this run's, else what the cache recorded on
+        this kind of device (None when neither exists)."""
+        if self.computed:
+            return self.computed, self.encode_s
+        entry = self._speeds().get(self.encoder.device.type)
+        if not entry or not entry.get("images") or not entry.get("seconds"):
+            return None
+        return int(entry["images"]), float(entry["seconds"])
 
 
 @dataclass(frozen=True)

@@ -150,9 +150,13 @@ class ProbeTrainer:
         assert best is not None  # C_GRID is not empty
         chosen, c, head = best
         self._save(out, c, head)
+        fitting = sum(e.seconds or 0.0 for e in curves)
+        speed = self.embedder.speed()  # what embedding train and val costs, cached or not
+        embedding = (len(train) + len(val)) * speed[1] / speed[0] if speed else None
         return TrainResult(
             curves=curves,
             best_epoch=chosen.epoch,
+            compute_s=None if embedding is None else round(fitting + embedding, 3),
             details={
                 "method": "linear probe: multinomial logistic regression (scikit-learn, lbfgs) "
                 "on L2-normalised image embeddings",

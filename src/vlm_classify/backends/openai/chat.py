@@ -87,6 +87,16 @@ def address_source(ref: ModelRef | None) -> str | None:
     return "OPENAI_BASE_URL" if os.environ.get("OPENAI_BASE_URL", "").strip() else None
 
 
+def public_address(url: str) -> str:
+    """A URL as messages may show it: no user, password or query (a key can hide in either)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return parts._replace(netloc=netloc, query="", fragment="").geturl()
+
+
 def unreachable_reason(exc: BaseException) -> str | None:
     """Why a connection could not be made at all, read from the causes of an SDK
     `APIConnectionError` (the transport's `ConnectError` and the OS error under it): `connection
@@ -156,7 +166,7 @@ def translate_error(
         reason = unreachable_reason(exc)
         if reason is None:
             return TransientError(f"connection failed{where}: {exc}")
-        address = base_url or str(exc.request.url)
+        address = public_address(base_url or str(exc.request.url))
         return TransientError(
             f"cannot reach {address} ({reason})",
             unreachable=UnreachableError(unreachable_message(address, reason, address_source(ref))),
