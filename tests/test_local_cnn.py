@@ -319,3 +319,14 @@ def test_online_init_failure_trains_from_scratch_with_a_note(
     assert init.pretrained is False
     assert init.note and "ConnectionError: huggingface.co unreachable" in init.note
     assert model.get_classifier().out_features == 3
+
+
+def test_a_model_named_by_its_folder_is_still_its_jobs(
+    trained: tuple[Path, dict[str, Any]],
+) -> None:
+    from vlm_classify.arms import find_fine_tune
+
+    prepared, _ = trained
+    for folder in (prepared / "arms" / "cnn" / "model", prepared / "arms" / "cnn"):
+        record = find_fine_tune(prepared, f"cnn/{folder}")
+        assert record is not None and record["job_arm"] == "cnn"  # sample check, fine_tuned

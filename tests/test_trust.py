@@ -265,3 +265,19 @@ def test_the_readme_documents_every_exit_code() -> None:
     readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
     table = readme[readme.index("## Exit codes") :].split("\n## ")[0]
     assert {int(c) for c in re.findall(r"^\| (\d+) \|", table, re.M)} == set(EXIT_CODES)
+
+
+def test_an_emulated_arm_does_not_resume_against_another_service(
+    small_prepared: Path, monkeypatch
+) -> None:
+    emu = _emulate(small_prepared, monkeypatch)
+    try:
+        classify(small_prepared, ClassifyOptions(model=MODEL, name="zs", limit=2, runner=FAST))
+        # the same arm, now pointed at another host (the real API, say): refused, nothing sent
+        monkeypatch.setenv("OPENAI_BASE_URL", emu.base_url.replace("127.0.0.1", "localhost"))
+        before = emu.stats.chat_requests
+        with pytest.raises(UserError, match="keep those settings"):
+            classify(small_prepared, ClassifyOptions(model=MODEL, name="zs", runner=FAST))
+        assert emu.stats.chat_requests == before
+    finally:
+        emu.stop()

@@ -140,8 +140,11 @@ def write_job(out: Path, record: dict[str, Any]) -> None:
 def find_fine_tune(prepared_dir: Path, model: str) -> dict[str, Any] | None:
     """The finetune.json (plus its arm name) whose fine-tuned model, or one of its Azure
     deployments, is `model` (`provider/name`), of the same provider: an OpenAI id and an Azure
-    deployment of the same name are different models."""
+    deployment of the same name are different models. A local model named by its folder
+    (`DIR/arms/JOB/model`, or the arm's own folder) is its job's too."""
     provider, _, name = model.partition("/")
+    folder = Path(name).expanduser()
+    local = folder.resolve() if name and folder.is_dir() else None
     for path in sorted((Path(prepared_dir) / "arms").glob(f"*/{FINETUNE_JSON}")):
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
@@ -154,6 +157,11 @@ def find_fine_tune(prepared_dir: Path, model: str) -> dict[str, Any] | None:
         # The fine-tuning API records a bare id (`ft:...`); local jobs record a model string.
         full = tuned if tuned.startswith(f"{provider}/") else f"{provider}/{tuned}"
         deployments = {f"{provider}/{d}" for d in record.get("deployments", [])}
-        if (tuned and model == full) or model in deployments:
+        job_dir = path.parent.resolve()
+        if (
+            (tuned and model == full)
+            or model in deployments
+            or (local is not None and local in (job_dir, job_dir / "model"))
+        ):
             return {"job_arm": path.parent.name, **record}
     return None

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal, cast
+from urllib.parse import urlsplit
 
 import openai
 from pydantic import BaseModel, Field
@@ -126,6 +127,8 @@ def classify(
         client = make_client(ref, timeout=options.runner.request_timeout_s)
     mode = options.mode if provider.kind == "remote" else "local"
     settings = options.recorded_settings(provider.kind, prepared_dir)
+    if client is not None:  # the emulator's answers never resume against the real service
+        settings["service"] = urlsplit(str(client.base_url)).hostname or ""
     started = time.time()
     with Store.for_dir(prepared_dir) as store, contextlib.ExitStack() as stack:
         if not options.reset:  # refusals first: nothing loaded, nothing deleted
