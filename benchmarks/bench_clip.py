@@ -77,10 +77,12 @@ def prepared_folder(root: Path, classes: int, per_split: dict[str, int]) -> Path
     return root
 
 
-def zero_shot(prepared: Path, model: str, name: str, batch: int) -> dict[str, object]:
+def zero_shot(
+    prepared: Path, model: str, name: str, batch: int, device: str = "cpu"
+) -> dict[str, object]:
     """One zero-shot arm on an empty embedding cache: the runner's images/s."""
     shutil.rmtree(prepared / "cache", ignore_errors=True)
-    local = LocalSettings(device="cpu", batch_size=batch)
+    local = LocalSettings(device=device, batch_size=batch)  # type: ignore[arg-type]
     result = classify(prepared, ClassifyOptions(model=model, name=name, local=local))
     compute = json.loads((result.arm_dir / "arm.json").read_text(encoding="utf-8"))["compute"]
     return {
@@ -127,6 +129,7 @@ def main() -> None:
     parser.add_argument(
         "--data", type=Path, default=Path(tempfile.gettempdir()) / "vlm-classify-bench-clip"
     )
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -136,8 +139,8 @@ def main() -> None:
     splits = {"train": args.train, "val": args.val, "test": args.test}
     prepared = prepared_folder(args.data / "prepared", args.classes, splits)
 
-    batched = zero_shot(prepared, model, "zs-batched", args.batch)
-    single = zero_shot(prepared, model, "zs-single", 1)
+    batched = zero_shot(prepared, model, "zs-batched", args.batch, args.device)
+    single = zero_shot(prepared, model, "zs-single", 1, args.device)
     enc_batched, enc_single = encoder_only(model_dir, args.batch, 2)
 
     shutil.rmtree(prepared / "cache", ignore_errors=True)
@@ -148,7 +151,8 @@ def main() -> None:
         f"machine: {os.cpu_count()} CPUs, torch {torch.__version__} with "
         f"{torch.get_num_threads()} threads, Python {sys.version.split()[0]}"
     )
-    print(f"model: open_clip {args.arch}, random weights, fp32 on the CPU")
+    where = torch.cuda.get_device_name() if args.device == "cuda" else "the CPU, fp32"
+    print(f"model: open_clip {args.arch}, random weights, on {where}")
     print(
         f"zero-shot, {batched['images']} test images ({args.classes} labels x "
         f"{len(load_templates())} templates), "

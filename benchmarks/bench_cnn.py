@@ -68,14 +68,14 @@ def generate(root: Path, images: int, classes: int, val: int) -> Path:
     return root
 
 
-def step_only(arch: str, classes: int, batch: int, steps: int) -> float:
-    """Training steps on one random batch already in memory: images/s."""
+def step_only(arch: str, classes: int, batch: int, steps: int, device: str = "cpu") -> float:
+    """Training steps on one random batch already on the device: images/s."""
     torch.manual_seed(0)
-    model = timm.create_model(arch, pretrained=False, num_classes=classes).train()
+    model = timm.create_model(arch, pretrained=False, num_classes=classes).train().to(device)
     size = timm.data.resolve_model_data_config(model)["input_size"]
     optimizer = create_optimizer_v2(model, "adamw", lr=1e-3, weight_decay=0.05)
-    x = torch.randn(batch, *size)
-    y = torch.randint(0, classes, (batch,))
+    x = torch.randn(batch, *size, device=device)
+    y = torch.randint(0, classes, (batch,), device=device)
 
     def step() -> None:
         loss = F.cross_entropy(model(x), y)
@@ -88,6 +88,8 @@ def step_only(arch: str, classes: int, batch: int, steps: int) -> float:
     t = time.perf_counter()
     for _ in range(steps):
         step()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
     return batch * steps / (time.perf_counter() - t)
 
 
@@ -107,7 +109,9 @@ def loader_only(prepared: Path, arch: str, batch: int, workers: int) -> float:
     return n / (time.perf_counter() - t)
 
 
-def trainer(prepared: Path, arch: str, batch: int, workers: int, out: Path) -> float:
+def trainer(
+    prepared: Path, arch: str, batch: int, workers: int, out: Path, device: str = "cpu"
+) -> float:
     """The real trainer, one epoch from random init: its recorded training images/s."""
     sample = load_sample(prepared)
     shutil.rmtree(out, ignore_errors=True)
@@ -116,7 +120,7 @@ def trainer(prepared: Path, arch: str, batch: int, workers: int, out: Path) -> f
         name="bench",
         epochs=1,
         batch_size=batch,
-        local=LocalSettings(device="cpu", offline=True, workers=workers),
+        local=LocalSettings(device=device, offline=True, workers=workers),
     )
     fit = cnn.make_trainer(ModelRef("cnn", arch), sample.labels, prepared, options)
     result = fit.fit(sample.split("train"), sample.split("val"), out, lambda _e: None)
@@ -137,6 +141,7 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: torch's, the cores)"
     )
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument(
         "--data", type=Path, default=Path(tempfile.gettempdir()) / "vlm-classify-bench-cnn"
     )
@@ -155,8 +160,9 @@ def main() -> None:
         f"{torch.get_num_threads()} threads, timm {timm.__version__}; "
         f"load average {os.getloadavg()[0]:.2f} (others' work skews every figure)"
     )
-    print(f"{args.arch}, random init, batch {args.batch_size}, CPU:")
-    ceiling = step_only(args.arch, args.classes, args.batch_size, args.steps)
+    card = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
+    print(f"{args.arch}, random init, batch {args.batch_size}, {card}:")
+    ceiling = step_only(args.arch, args.classes, args.batch_size, args.steps, args.device)
     print(f"  1. training step alone (tensors in memory): {ceiling:7.1f} images/s")
     for w in args.workers:
         rate = loader_only(prepared, args.arch, args.batch_size, w)
@@ -165,7 +171,7 @@ def main() -> None:
             f"({rate / ceiling:.1f}x the step)"
         )
     for w in args.workers:
-        rate = trainer(prepared, args.arch, args.batch_size, w, args.data / f"out-{w}")
+        rate = trainer(prepared, args.arch, args.batch_size, w, args.data / f"out-{w}", args.device)
         print(
             f"  3. trainer end to end, {w} workers:          {rate:7.1f} images/s "
             f"({rate / ceiling:.0%} of the step alone)"
