@@ -189,3 +189,22 @@ def test_an_error_from_a_loader_worker_is_shown_as_its_own_line() -> None:
     )
     assert _one_line(wrapped) == "cannot read a.jpg (truncated): rerun `vlm-classify prepare`"
     assert _one_line(UserError("plain")) == "plain"
+
+
+@pytest.mark.parametrize(
+    ("model", "flag", "kind"),
+    [
+        ("openai/gpt-4o-2024-08-06", ["--device", "cpu"], "local models"),
+        ("openai/gpt-4o-2024-08-06", ["--templates", "t.json"], "local models"),
+        ("clip/x@y", ["--concurrency", "4"], "chat models"),
+        ("cnn/arm:cnn", ["--rpm", "30"], "chat models"),
+    ],
+)
+def test_an_option_the_model_does_not_use_is_refused(
+    cloud_and_local: Path, capsys, model: str, flag: list[str], kind: str
+) -> None:
+    from cli_support import run_cli
+
+    args = ["classify", str(cloud_and_local), "--model", model, "--name", "a", *flag]
+    code, _, err = run_cli(args, capsys)
+    assert code == 1 and f"{flag[0]} is for {kind}" in err and "Traceback" not in err

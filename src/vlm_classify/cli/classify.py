@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 from rich.markup import escape
 from rich.progress import TaskID, TextColumn
 
 from ..backends.base import LocalSettings
 from ..backends.registry import PROVIDERS
 from ..classify import ClassifyOptions, classify
-from ..errors import EXIT_ITEM_ERRORS
+from ..errors import EXIT_ITEM_ERRORS, UserError
 from ..runner import Progress as RunProgress
 from ..runner import RunnerConfig
 from ._console import err_console, out_console, progress_bar
@@ -26,6 +27,32 @@ from ._options import (
 )
 
 LOCAL_PROVIDERS = {p.name for p in PROVIDERS.values() if p.kind == "local"}
+CHAT_ONLY = {
+    "concurrency", "prompt", "answer", "detail", "logprobs", "rpm", "tpm", "timeout_s",
+    "max_attempts", "poll_s",
+}  # fmt: skip
+"""Options of the request path (openai/, azure/): a local model takes none of them."""
+LOCAL_ONLY = {
+    "batch_size", "templates", "device", "workers", "offline", "cpu_price_per_hour",
+    "gpu_price_per_hour",
+}  # fmt: skip
+"""Options of a model that runs here (clip/, cnn/)."""
+
+
+def refuse_options_that_do_not_apply(model: str) -> None:
+    """An option given on the command line that the model's kind ignores is one line, not a
+    silent no-op."""
+    ctx = click.get_current_context()
+    local = model.partition("/")[0] in LOCAL_PROVIDERS
+    unused = LOCAL_ONLY if not local else CHAT_ONLY
+    for param in ctx.command.params:
+        if (
+            param.name in unused
+            and ctx.get_parameter_source(param.name) == ParameterSource.COMMANDLINE
+        ):
+            flag = max(param.opts, key=len)
+            kind = "local models (clip/, cnn/)" if not local else "chat models (openai/, azure/)"
+            raise UserError(f"{flag} is for {kind}: {model} does not use it; drop it")
 
 
 @click.command("classify")
@@ -139,6 +166,7 @@ def classify_cmd(
     interruption and only the missing items are requested. Results: DIR/arms/NAME/predictions.csv
     and arm.json. Exit code 3: finished, but some items are recorded with an error.
     """
+    refuse_options_that_do_not_apply(model)
     options = ClassifyOptions.model_validate(
         {
             "model": model,
