@@ -22,7 +22,16 @@ from .backends import registry
 from .backends.base import LocalBackend, LocalSettings
 from .backends.local.templates import templates_identity
 from .backends.openai.batch import BATCH_REMOTE_KINDS, BatchSettings, run_batch
-from .backends.openai.chat import ChatSettings, OpenAIChatBackend, make_client
+from .backends.openai.chat import (
+    ChatSettings,
+    OpenAIChatBackend,
+    ServerSupport,
+    adapt_settings,
+    check_server,
+    is_served,
+    make_client,
+    public_address,
+)
 from .backends.openai.wire import AnswerMode, Detail
 from .backends.registry import Kind
 from .dataset.manifest import ManifestRow, Sample, Split, load_sample
@@ -131,6 +140,10 @@ def classify(
         settings["service"] = urlsplit(str(client.base_url)).hostname or ""
     started = time.time()
     with Store.for_dir(prepared_dir) as store, contextlib.ExitStack() as stack:
+        if client is not None:  # before the arm is bound: it records what the server really does
+            options, settings = _check_server(
+                client, ref, labels, prepared_dir, options, settings, on_status
+            )
         if not options.reset:  # refusals first: nothing loaded, nothing deleted
             _bind_arm(store, prepared_dir, options, str(ref), settings, sample.identity)
         backend = None
@@ -203,6 +216,45 @@ def classify(
 
 def _versions() -> dict[str, str]:
     return {"vlm_classify": __version__, "python": platform.python_version()}
+
+
+def _check_server(
+    client: openai.AsyncOpenAI,
+    ref: ModelRef,
+    labels: list[str],
+    prepared_dir: Path,
+    options: ClassifyOptions,
+    settings: dict[str, Any],
+    on_status: Callable[[str], None] | None,
+) -> tuple[ClassifyOptions, dict[str, Any]]:
+    """A served model (`openai/` at another address than OpenAI's, not the emulator): ask its
+    server once what it does with the answer schema and logprobs (`check_server`), and run with
+    what it really does: an answer it does not constrain is asked for and recorded as `text`, never
+    counted as constrained. Returns the options to run with and the arm's recorded settings, with
+    what the server does under `server` (unchanged when it is not a served model)."""
+    if not is_served(ref, str(client.base_url)):
+        return options, settings
+    timeout = options.runner.request_timeout_s
+    probe = OpenAIChatBackend(  # its own client: this event loop ends before the run's starts
+        ref, labels, prepared_dir, options.chat_settings(), client=make_client(ref, timeout)
+    )
+
+    async def ask() -> ServerSupport | None:
+        try:
+            return await check_server(probe, options.runner)
+        finally:
+            await probe.aclose()
+
+    support = asyncio.run(ask())
+    if support is None:  # the built-in emulator
+        return options, settings
+    chat, said = adapt_settings(
+        options.chat_settings(), support, public_address(str(client.base_url))
+    )
+    if said and on_status:
+        on_status(said)
+    update = {"answer": chat.answer, "logprobs": chat.logprobs}
+    return options.model_copy(update=update), settings | update | {"server": support.record()}
 
 
 def _run_remote(

@@ -21,11 +21,21 @@ from pydantic import BaseModel, Field
 
 from . import __version__
 from .arms import arm_dir, check_arm_name
-from .backends.openai.chat import ChatSettings, OpenAIChatBackend, make_client, parse_openai_model
+from .backends.openai.chat import (
+    ChatSettings,
+    OpenAIChatBackend,
+    ServerSupport,
+    adapt_settings,
+    check_server,
+    make_client,
+    parse_openai_model,
+    public_address,
+)
 from .backends.openai.wire import AnswerMode, Detail
 from .dataset.manifest import ManifestRow, Split, load_split
 from .errors import FatalError, ItemError, TransientError, UserError
 from .prompts import PromptStyle
+from .runner import RunnerConfig
 
 SAMPLES_NAME = "latency-samples.csv"
 SUMMARY_NAME = "latency.csv"
@@ -192,6 +202,10 @@ class LatencyResult(BaseModel):
     arm_dir: Path
     levels: list[dict[str, Any]]
     emulated: bool
+    server: dict[str, Any] | None = None
+    """What a served model's server does with the answer schema and logprobs (None: not one)."""
+    note: str | None = None
+    """The line saying how the requests were changed for that server (None: they were not)."""
 
 
 async def _timed(
@@ -259,11 +273,22 @@ async def _measure(
     items: Sequence[ManifestRow],
     opts: LatencyOptions,
     on_progress: Callable[[LatencyProgress], None] | None,
-) -> list[tuple[int, list[Sample], float]]:
+) -> tuple[ServerSupport | None, str | None, list[tuple[int, list[Sample], float]]]:
+    """The levels, after asking a served model's server what it does with the answer schema: on
+    one that does not enforce it, the requests ask for free text (timed as what they are)."""
     try:
-        return [
+        cfg = RunnerConfig(
+            max_attempts=opts.max_attempts,
+            initial_backoff_s=opts.backoff_s,
+            request_timeout_s=opts.timeout_s,
+        )
+        support = await check_server(backend, cfg)
+        address = public_address(str(backend.client.base_url))
+        backend.settings, note = adapt_settings(backend.settings, support, address)
+        levels = [
             (c, *(await _level(backend, items, c, opts, on_progress))) for c in opts.concurrency
         ]
+        return support, note, levels
     finally:
         await backend.aclose()
 
@@ -287,7 +312,8 @@ def measure_latency(
     )
     backend = OpenAIChatBackend(ref, labels, prepared_dir, settings, client=client)
     started = time.time()
-    measured = asyncio.run(_measure(backend, items, options, on_progress))
+    support, note, measured = asyncio.run(_measure(backend, items, options, on_progress))
+    server = support.record() if support else None
     emulated = backend.emulated
     model = str(ref)
     sample_rows: list[dict[str, Any]] = []
@@ -324,7 +350,9 @@ def measure_latency(
         "name": options.name,
         "model": model,
         "emulated": emulated,
-        "options": options.model_dump(mode="json"),
+        # What the requests asked: `answer` is `text` where the server does not enforce enum.
+        "options": options.model_dump(mode="json") | {"answer": backend.settings.answer},
+        "server": server,
         "started_at": started,
         "levels": levels,
         "versions": {
@@ -334,7 +362,7 @@ def measure_latency(
         },
     }
     (out / META_NAME).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    return LatencyResult(arm_dir=out, levels=levels, emulated=emulated)
+    return LatencyResult(arm_dir=out, levels=levels, emulated=emulated, server=server, note=note)
 
 
 __all__ = [

@@ -175,6 +175,8 @@ def latency_cmd(
         title = f"{name}: {model}" + (" (emulated)" if result.emulated else "")
         rows = [{"level": f"concurrency {r['concurrency']}"} | r for r in result.levels]
         out_console.print(_table(rows, ["level"], title))
+    if result.note:  # a served model's server did not do all that was asked
+        out_console.print(f"  {escape(result.note)}")
     if result.emulated:
         out_console.print(
             "[yellow]emulated[/]: latencies come from the built-in emulator, not a real service"

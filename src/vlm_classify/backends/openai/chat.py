@@ -6,6 +6,7 @@ and the one place a chat completion becomes a `Prediction`, for realtime and Bat
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -13,7 +14,7 @@ import re
 import socket
 import ssl
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,6 +33,7 @@ from ...errors import (
 from ...models import OPENAI_PROVIDERS, ModelRef, parse_model
 from ...pricing import GPT4O_VISION, VisionRule, lookup
 from ...prompts import PromptStyle, parse_answer, parse_enum_answer, system_prompt
+from ...runner import RunnerConfig, first_contact
 from ..base import Prediction, Usage
 from . import tokens
 from .wire import (
@@ -44,6 +46,9 @@ from .wire import (
 )
 
 EMULATOR_HEADER = "x-emulated"
+OPENAI_HOST = "api.openai.com"
+BATCH_PATHS = ("/files", "/batches")
+"""The Batch API's collections: a server without them has no Batch API."""
 
 
 def parse_openai_model(spec: str) -> ModelRef:
@@ -187,11 +192,27 @@ def translate_error(
         if status in (401, 403):
             var = "AZURE_OPENAI_API_KEY" if ref and ref.provider == "azure" else "OPENAI_API_KEY"
             return FatalError(f"the API key was refused ({status}): check {var}")
+        if status == 404 and _batch_collection(exc):
+            address = public_address(base_url or str(exc.request.url))
+            return FatalError(
+                f"{address} has no Batch API ({exc.request.method} "
+                f"{exc.request.url.path}: 404): use --mode realtime"
+            )
         if status == 404:
             kind = "deployment" if ref and ref.provider == "azure" else "model"
             return FatalError(f"{kind}{' ' + ref.name if ref else ''} not found (404): {message}")
         return ItemError(f"request refused ({status}): {message}")
     return ItemError(f"{type(exc).__name__}: {exc}")
+
+
+def _batch_collection(exc: openai.APIStatusError) -> bool:
+    """The request was to `/files` or `/batches` themselves (listing, creating): a server that
+    does not know them has no Batch API (a 404 for one batch or file id is another matter)."""
+    try:
+        path = exc.request.url.path.rstrip("/")
+    except AttributeError:  # no request attached (an error built by hand)
+        return False
+    return path.endswith(BATCH_PATHS)
 
 
 def _error_message(exc: openai.APIStatusError) -> str:
@@ -300,6 +321,91 @@ class ChatSettings:
     logprobs: bool = True
     max_tokens: int | None = None
     seed: int | None = None
+
+
+# --- what a served model's server does with a request -------------------------------------
+
+PROBE_LABEL = "zq7x"
+"""The only value the probe's schema allows: no model writes it unless the server makes it."""
+PROBE_MAX_TOKENS = 32
+"""Room for `{"label": "zq7x"}` in any tokenizer (a byte-level one spells it in about 16)."""
+
+
+@dataclass(frozen=True)
+class ServerSupport:
+    """What a served model's server was seen to do with one request; saved with the arm."""
+
+    enforces_response_format: bool | None
+    """Asked for a schema whose only value is a nonsense token, it answered exactly that: it
+    constrains answers to the schema. None: not checked (`--answer text`)."""
+    logprobs: bool | None
+    """Its response carried per-token log probabilities when asked. None: not asked."""
+
+    def record(self) -> dict[str, bool | None]:
+        return asdict(self)
+
+
+def is_served(ref: ModelRef, base_url: str) -> bool:
+    """An `openai/` model at another address than OpenAI's (vLLM, `transformers serve`...): what
+    its server does with `response_format` and `logprobs` must be checked, not assumed."""
+    return ref.provider == "openai" and (urlsplit(base_url).hostname or "") != OPENAI_HOST
+
+
+def probe_body(model: str, answer: AnswerMode, logprobs: bool) -> dict[str, Any]:
+    """One cheap text-only request. With `answer="enum"` its schema allows only `PROBE_LABEL`,
+    which the prompt never mentions: only a server that enforces the schema answers with it."""
+    messages = [
+        {"role": "system", "content": "Reply with one word."},
+        {"role": "user", "content": "Say hello."},
+    ]
+    return chat_body(
+        model,
+        messages,
+        answer=answer,
+        labels=[PROBE_LABEL],
+        max_tokens=PROBE_MAX_TOKENS,
+        logprobs=logprobs,
+    )
+
+
+def read_probe(resp: dict[str, Any], answer: AnswerMode, logprobs: bool) -> ServerSupport:
+    """What the answer to `probe_body(model, answer, logprobs)` shows (ValueError: no choice)."""
+    parsed = parse_chat_response(resp)
+    enforced = None
+    if answer == "enum":
+        try:
+            enforced = json.loads(parsed.text or "") == {"label": PROBE_LABEL}
+        except ValueError:
+            enforced = False
+    return ServerSupport(enforced, bool(parsed.logprobs) if logprobs else None)
+
+
+def adapt_settings(
+    settings: ChatSettings, support: ServerSupport | None, address: str = "the server"
+) -> tuple[ChatSettings, str | None]:
+    """The settings a run uses on a server that does what `support` says, and the one line that
+    says what changed (None: nothing did).
+
+    An answer the server does not constrain is asked for and recorded as `text` (free text,
+    parsed): it is never counted as a constrained one. No logprobs: none are asked for, and no
+    confidence is recorded.
+    """
+    if support is None:
+        return settings, None
+    changes: dict[str, Any] = {}
+    said = []
+    if settings.answer == "enum" and support.enforces_response_format is False:
+        changes["answer"] = "text"
+        said.append(
+            "does not enforce structured output (response_format), so answers are free text, "
+            "parsed (answer: text)"
+        )
+    if settings.logprobs and support.logprobs is False:
+        changes["logprobs"] = False
+        said.append("returns no logprobs, so no confidence is recorded")
+    if not changes:
+        return settings, None
+    return replace(settings, **changes), f"{address} {'; it '.join(said)}"
 
 
 class ImageCache:
@@ -428,6 +534,20 @@ class OpenAIChatBackend:
                 self._vision = GPT4O_VISION
         return self._vision
 
+    async def probe(self, answer: AnswerMode, logprobs: bool) -> ServerSupport:
+        """Send `probe_body` once and read what the server did with it."""
+        body = probe_body(self.ref.name, answer, logprobs)
+        try:
+            raw = await self.client.chat.completions.with_raw_response.create(**body)
+        except openai.OpenAIError as e:
+            raise self.translate(e) from None
+        if raw.headers.get(EMULATOR_HEADER):
+            self.emulated = True
+        try:
+            return read_probe(raw.http_response.json(), answer, logprobs)
+        except ValueError as e:
+            raise TransientError(f"unreadable response: {e}") from None
+
     async def detect_emulator(self) -> bool:
         """Ask once whether the server is the built-in emulator (its responses carry a header).
 
@@ -447,3 +567,44 @@ class OpenAIChatBackend:
 
     async def aclose(self) -> None:
         await self.client.close()
+
+
+async def check_server(backend: OpenAIChatBackend, cfg: RunnerConfig) -> ServerSupport | None:
+    """Ask a served model's server once, before a run, whether it enforces the answer schema and
+    returns logprobs, as `backend.settings` would use them. None: OpenAI itself, Azure and the
+    built-in emulator, which do both.
+
+    A server that cannot be reached stops here with the one line of `UnreachableError` (after the
+    runner's short wait); transient failures are retried as an item's are. One that refuses the
+    request (a 4xx) is asked again more plainly: without `response_format` (it does not enforce
+    it), then without `logprobs` (it has none). Any other failure is one line.
+    """
+    if not is_served(backend.ref, str(backend.client.base_url)):
+        return None
+    if await first_contact(backend.detect_emulator, cfg):
+        return None
+    answer, logprobs = backend.settings.answer, backend.settings.logprobs
+    if answer == "text" and not logprobs:
+        return ServerSupport(None, None)
+    tries: list[tuple[AnswerMode, bool]] = [(answer, logprobs)]
+    if answer == "enum":
+        tries.append(("text", logprobs))
+    if logprobs:
+        tries.append(("text", False))
+    address = public_address(str(backend.client.base_url))
+    refused: VlmClassifyError | None = None
+    for ask, lp in tries:
+        try:
+            seen = await first_contact(functools.partial(backend.probe, ask, lp), cfg)
+        except ItemError as e:
+            refused = e
+            continue
+        except TransientError as e:
+            raise FatalError(f"checking what {address} supports: {e}") from None
+        return ServerSupport(
+            seen.enforces_response_format
+            if ask == "enum"
+            else (False if answer == "enum" else None),
+            seen.logprobs if lp else (False if logprobs else None),
+        )
+    raise FatalError(f"checking what {address} supports: {refused}")
