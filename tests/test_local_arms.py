@@ -194,10 +194,12 @@ def test_an_error_from_a_loader_worker_is_shown_as_its_own_line() -> None:
 @pytest.mark.parametrize(
     ("model", "flag", "kind"),
     [
-        ("openai/gpt-4o-2024-08-06", ["--device", "cpu"], "local models"),
-        ("openai/gpt-4o-2024-08-06", ["--templates", "t.json"], "local models"),
-        ("clip/x@y", ["--concurrency", "4"], "chat models"),
-        ("cnn/arm:cnn", ["--rpm", "30"], "chat models"),
+        ("openai/gpt-4o-2024-08-06", ["--device", "cpu"], "clip/, cnn/, hf/ models"),
+        ("openai/gpt-4o-2024-08-06", ["--templates", "t.json"], "clip/ models"),
+        ("cnn/arm:cnn", ["--templates", "t.json"], "clip/ models"),
+        ("clip/x@y", ["--concurrency", "4"], "azure/, openai/ models"),
+        ("cnn/arm:cnn", ["--rpm", "30"], "azure/, openai/ models"),
+        ("clip/x@y", ["--prompt", "short"], "azure/, hf/, openai/ models"),
     ],
 )
 def test_an_option_the_model_does_not_use_is_refused(

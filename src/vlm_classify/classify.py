@@ -89,6 +89,11 @@ class ClassifyOptions(BaseModel):
                 out["model_files"] = files
             if self.model.startswith("clip/") and not name.startswith(ARM_PREFIX):
                 out["templates"] = templates_identity(self.local.templates)
+            if self.model.startswith("hf/"):  # a generative model: asked how, answering how
+                out["prompt"] = self.local.prompt
+                out["answer"] = self.local.answer
+                if self.local.answer == "text":
+                    out["max_new_tokens"] = self.local.max_new_tokens
             return out
         return {
             "split": self.split,
@@ -325,6 +330,8 @@ def _run_local(
         "gpu_peak_mb": backend.gpu_peak_mb(),
         "versions": backend.versions(),
     }
+    if hasattr(backend, "details"):  # how a generative model was asked and scored
+        compute["model"] = backend.details()
     return summary, compute
 
 

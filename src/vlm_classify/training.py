@@ -46,6 +46,8 @@ class TrainOptions(BaseModel):
     """Images per step (None: the provider's default)."""
     lr: float | None = Field(None, gt=0)
     """Learning rate (None: the provider's default)."""
+    lora_rank: int | None = Field(None, ge=1, le=1024)
+    """`hf/`: the LoRA adapter's rank (None: the provider's default, 16)."""
     seed: int = 42
     local: LocalSettings = Field(default_factory=LocalSettings)
 
@@ -146,6 +148,8 @@ def train_local(
     out = arm_dir(prepared_dir, options.name)
     previous = read_job(out)
     hyper = options.model_dump(exclude={"model", "name", "local"})
+    if hyper.get("lora_rank") is None:  # only hf/ has it: older records lack the key
+        hyper.pop("lora_rank", None)
     if previous and (
         previous.get("base_model") != str(ref) or previous.get("hyperparameters") != hyper
     ):
@@ -166,6 +170,8 @@ def train_local(
     t0 = time.perf_counter()
     result = trainer.fit(train, val, out / MODEL_DIR, on_epoch or (lambda _e: None))
     wall = time.perf_counter() - t0
+    if not getattr(trainer, "is_main_process", True):
+        return {}  # one of several processes (accelerate launch): the main one records
     _write_curves(out / CURVES_CSV, result.curves)
     record = {
         "provider": ref.provider,

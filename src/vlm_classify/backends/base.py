@@ -15,6 +15,9 @@ from typing import Literal, Protocol
 from pydantic import BaseModel, Field
 
 from ..dataset.manifest import ManifestRow
+from ..prompts import PromptStyle
+
+LocalAnswer = Literal["score", "text"]
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,13 @@ class LocalSettings(BaseModel):
     """Processes decoding images alongside the model (0: in the main process)."""
     templates: Path | None = None
     """`clip/` zero-shot: a JSON file of prompt templates replacing the shipped ones."""
+    prompt: PromptStyle | None = None
+    """`hf/`: the prompt style (None: the one a trained adapter was trained with, else `full`)."""
+    answer: LocalAnswer = "score"
+    """`hf/`: `score` every label's likelihood (a distribution, always a valid label) or
+    generate `text` and parse it as the cloud arms do."""
+    max_new_tokens: int = Field(20, ge=1, le=4096)
+    """`hf/` with `answer=text`: the longest answer generated."""
     cpu_price_per_hour: float | None = Field(None, ge=0, allow_inf_nan=False)
     """USD an hour of this machine's CPU time: recorded, for the report's cost by compute time."""
     gpu_price_per_hour: float | None = Field(None, ge=0, allow_inf_nan=False)

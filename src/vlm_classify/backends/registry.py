@@ -1,7 +1,7 @@
 """Providers by their `PROVIDER/` prefix, each imported only when an arm of it runs.
 
-`openai/` and `azure/` speak the OpenAI API (any compatible server is `openai/`); `clip/` and
-`cnn/` run here, with torch. A provider whose packages are missing is one line saying what to
+`openai/` and `azure/` speak the OpenAI API (any compatible server is `openai/`); `clip/`,
+`cnn/` and `hf/` run here, with torch. A provider whose packages are missing is one line saying what to
 install, before any work starts.
 """
 
@@ -72,6 +72,14 @@ PROVIDERS: dict[str, Provider] = {
             needs=("torch", "timm"),
             extra="local",
             example="cnn/mobilenetv3_small_100",
+        ),
+        Provider(
+            "hf",
+            "local",
+            "vlm_classify.backends.local.hf_vlm",
+            needs=("torch", "transformers", "peft"),
+            extra="local",
+            example="hf/Qwen/Qwen2-VL-2B-Instruct",
         ),
     )
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 
 import click
 from rich.markup import escape
@@ -39,6 +40,7 @@ def cli(debug: bool) -> None:
         # huggingface_hub and transformers set up their own handlers when first imported
         os.environ.setdefault("HF_HUB_VERBOSITY", "error")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        warnings.filterwarnings("ignore", category=FutureWarning)  # deprecations in libraries
 
 
 def _own_records(record: logging.LogRecord) -> bool:

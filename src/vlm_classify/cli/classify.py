@@ -10,49 +10,61 @@ from rich.markup import escape
 from rich.progress import TaskID, TextColumn
 
 from ..backends.base import LocalSettings
+from ..backends.openai.wire import ANSWER_MODES
 from ..backends.registry import PROVIDERS
 from ..classify import ClassifyOptions, classify
 from ..errors import EXIT_ITEM_ERRORS, UserError
+from ..prompts import PROMPT_STYLES
 from ..runner import Progress as RunProgress
 from ..runner import RunnerConfig
 from ._console import err_console, out_console, progress_bar
 from ._options import (
-    answer_option,
     detail_option,
     local_options,
     poll_option,
-    prompt_option,
     split_option,
     timeout_option,
 )
 
 LOCAL_PROVIDERS = {p.name for p in PROVIDERS.values() if p.kind == "local"}
-CHAT_ONLY = {
+CHAT = {
     "concurrency", "prompt", "answer", "detail", "logprobs", "rpm", "tpm", "timeout_s",
     "max_attempts", "poll_s",
 }  # fmt: skip
-"""Options of the request path (openai/, azure/): a local model takes none of them."""
-LOCAL_ONLY = {
-    "batch_size", "templates", "device", "workers", "offline", "cpu_price_per_hour",
-    "gpu_price_per_hour",
+"""Options of the request path (openai/, azure/)."""
+LOCAL = {
+    "batch_size", "device", "workers", "offline", "cpu_price_per_hour", "gpu_price_per_hour",
 }  # fmt: skip
-"""Options of a model that runs here (clip/, cnn/)."""
+"""Options of every model that runs here."""
+USES: dict[str, set[str]] = {
+    "openai": CHAT,
+    "azure": CHAT,
+    "clip": LOCAL | {"templates"},
+    "cnn": LOCAL,
+    "hf": LOCAL | {"prompt", "answer", "max_new_tokens"},
+}
+"""The options each provider reads; any other given on the command line is refused."""
 
 
 def refuse_options_that_do_not_apply(model: str) -> None:
-    """An option given on the command line that the model's kind ignores is one line, not a
-    silent no-op."""
+    """An option given on the command line that the model's provider ignores is one line, not
+    a silent no-op."""
     ctx = click.get_current_context()
-    local = model.partition("/")[0] in LOCAL_PROVIDERS
-    unused = LOCAL_ONLY if not local else CHAT_ONLY
+    provider = model.partition("/")[0]
+    uses = USES.get(provider)
+    if uses is None:
+        return  # an unknown provider: the registry's line names the known ones
     for param in ctx.command.params:
         if (
-            param.name in unused
+            param.name
+            and param.name in set().union(*USES.values()) - uses
             and ctx.get_parameter_source(param.name) == ParameterSource.COMMANDLINE
         ):
             flag = max(param.opts, key=len)
-            kind = "local models (clip/, cnn/)" if not local else "chat models (openai/, azure/)"
-            raise UserError(f"{flag} is for {kind}: {model} does not use it; drop it")
+            takers = sorted(f"{p}/" for p, names in USES.items() if param.name in names)
+            raise UserError(
+                f"{flag} is for {', '.join(takers)} models: {model} does not use it; drop it"
+            )
 
 
 @click.command("classify")
@@ -61,7 +73,8 @@ def refuse_options_that_do_not_apply(model: str) -> None:
     "--model",
     required=True,
     help="PROVIDER/MODEL: openai/gpt-4o-2024-08-06, azure/<deployment>, "
-    "clip/ViT-B-32@laion2b_s34b_b79k, clip/arm:NAME or cnn/arm:NAME (a model trained by finetune).",
+    "clip/ViT-B-32@laion2b_s34b_b79k, hf/Qwen/Qwen2-VL-2B-Instruct (or a model folder), "
+    "clip/arm:NAME, cnn/arm:NAME or hf/arm:NAME (a model trained by finetune).",
 )
 @click.option(
     "--name", required=True, help="The arm's name, e.g. zero-shot (its folder under DIR/arms/)."
@@ -77,8 +90,26 @@ def refuse_options_that_do_not_apply(model: str) -> None:
     type=click.IntRange(1, 1024),
     help="Realtime requests in flight.",
 )
-@prompt_option("full lists the labels; short (for fine-tuned models) does not.")
-@answer_option("enum: structured output limited to the labels; text: free text, parsed.")
+@click.option(
+    "--prompt",
+    type=click.Choice(PROMPT_STYLES),
+    help="full lists the labels; short (for fine-tuned models) does not.  [default: full; "
+    "an hf/ adapter: the style it was trained with]",
+)
+@click.option(
+    "--answer",
+    type=click.Choice([*ANSWER_MODES, "score"]),
+    help="openai/, azure/: enum (structured output limited to the labels, the default) or text "
+    "(free text, parsed). hf/: score (every label's likelihood, the default) or text (generated, "
+    "parsed).",
+)
+@click.option(
+    "--max-new-tokens",
+    default=20,
+    show_default=True,
+    type=click.IntRange(1, 4096),
+    help="hf/ with --answer text: the longest answer generated.",
+)
 @detail_option
 @click.option(
     "--logprobs/--no-logprobs",
@@ -120,7 +151,7 @@ def refuse_options_that_do_not_apply(model: str) -> None:
     default=32,
     show_default=True,
     type=click.IntRange(1, 4096),
-    help="Local models: images per forward pass.",
+    help="Local models: images per forward pass (hf/ label scoring: labels per pass).",
 )
 @click.option(
     "--templates",
@@ -136,8 +167,9 @@ def classify_cmd(
     split: str,
     mode: str,
     concurrency: int,
-    prompt: str,
-    answer: str,
+    prompt: str | None,
+    answer: str | None,
+    max_new_tokens: int,
     detail: str,
     logprobs: bool,
     limit: int | None,
@@ -159,22 +191,33 @@ def classify_cmd(
     """Classify the SPLIT of the prepared dataset DIR with MODEL and record every answer.
 
     Chat models (openai/, azure/) get one request per image, realtime or through the Batch
-    API; local models (clip/, cnn/) run here in batches and record each answer's full class
-    distribution.
+    API; local models (clip/, cnn/, hf/) run here in batches and record each answer's full
+    class distribution (hf/ with --answer text: the parsed generated answer).
 
     Answers are saved as they arrive (DIR/runs.sqlite): rerun the same command after an
     interruption and only the missing items are requested. Results: DIR/arms/NAME/predictions.csv
     and arm.json. Exit code 3: finished, but some items are recorded with an error.
     """
     refuse_options_that_do_not_apply(model)
+    local = model.partition("/")[0] in LOCAL_PROVIDERS
+    if answer == "score" and not local:
+        raise UserError(
+            f"--answer score scores labels with a model that runs here (hf/): {model} answers "
+            "with text; use --answer enum or text"
+        )
+    if answer == "enum" and local:
+        raise UserError(
+            f"--answer enum is structured output of a chat API: {model} scores every label "
+            "(--answer score, the default) or generates text (--answer text)"
+        )
     options = ClassifyOptions.model_validate(
         {
             "model": model,
             "name": name,
             "split": split,
             "mode": mode,
-            "prompt": prompt,
-            "answer": answer,
+            "prompt": prompt or "full",
+            "answer": answer if answer in ANSWER_MODES else "enum",
             "detail": detail,
             "logprobs": logprobs,
             "limit": limit,
@@ -186,6 +229,9 @@ def classify_cmd(
                     "device": device,
                     "batch_size": batch_size,
                     "templates": templates,
+                    "prompt": prompt,
+                    "answer": answer or "score",
+                    "max_new_tokens": max_new_tokens,
                     "workers": workers,
                     "offline": offline,
                     "cpu_price_per_hour": cpu_price_per_hour,

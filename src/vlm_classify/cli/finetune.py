@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 from rich.markup import escape
 
 from ..backends.base import LocalSettings
@@ -48,8 +51,8 @@ def _auto_float(_ctx: click.Context, _param: click.Parameter, value: str) -> flo
     "--model",
     required=True,
     help="Base model: openai/gpt-4o-2024-08-06 or azure/gpt-4o-2024-08-06 (the fine-tuning "
-    "API); clip/<model> (a linear probe on its image embeddings) or cnn/<timm architecture> "
-    "(trained here).",
+    "API); clip/<model> (a linear probe on its image embeddings), cnn/<timm architecture> or "
+    "hf/<VLM> (a LoRA adapter), trained here.",
 )
 @click.option("--name", required=True, help="The arm recording this job, e.g. ft-job.")
 @click.option(
@@ -78,6 +81,11 @@ def _auto_float(_ctx: click.Context, _param: click.Parameter, value: str) -> flo
     type=click.FloatRange(min=0, min_open=True),
     help="Local models: learning rate [default: the provider's own].",
 )
+@click.option(
+    "--lora-rank",
+    type=click.IntRange(1, 1024),
+    help="hf/ models: the LoRA adapter's rank [default: 16].",
+)
 @click.option("--seed", default=42, show_default=True, type=int)
 @click.option("--suffix", help="Added to the fine-tuned model's name.")
 @prompt_option("System prompt of the training examples (evaluate with the same).")
@@ -97,6 +105,7 @@ def finetune_cmd(
     epochs: int | str,
     lr_multiplier: float | str,
     batch_size: int | str,
+    lora_rank: int | None,
     seed: int,
     suffix: str | None,
     prompt: str,
@@ -117,13 +126,25 @@ def finetune_cmd(
     re-attaches to the same job instead of starting another. The outcome (job id, fine-tuned
     model, trained tokens, metrics) lands in DIR/arms/NAME/finetune.json.
 
-    Local models (clip/, cnn/) train here, select on val, keep the best model in
-    DIR/arms/NAME/model and record it as clip/arm:NAME or cnn/arm:NAME, which classify takes.
+    Local models (clip/, cnn/, hf/) train here, select on val, keep the best model in
+    DIR/arms/NAME/model and record it as clip/arm:NAME, cnn/arm:NAME or hf/arm:NAME (a LoRA
+    adapter), which classify takes. hf/ runs under `accelerate launch` over several GPUs.
     """
-    if model.partition("/")[0] in LOCAL_PROVIDERS:
+    provider = model.partition("/")[0]
+    if provider in LOCAL_PROVIDERS:
         for flag, given in (("--follow", follow_only), ("--detach", detach), ("--suffix", suffix)):
             if given:
                 raise UserError(f"{flag} is for the fine-tuning API: a local model trains here")
+        ctx = click.get_current_context()
+        on_line = {
+            p: ctx.get_parameter_source(p) == ParameterSource.COMMANDLINE
+            for p in ("prompt", "detail", "lora_rank")
+        }
+        for param, takers in (("prompt", "hf"), ("lora_rank", "hf"), ("detail", "")):
+            if on_line[param] and provider != takers:
+                flag = "--" + param.replace("_", "-")
+                who = f"{takers}/ models" if takers else "the fine-tuning API"
+                raise UserError(f"{flag} is for {who}: {model} does not use it; drop it")
         _train_local(
             prepared_dir,
             model,
@@ -132,8 +153,10 @@ def finetune_cmd(
             batch_size,
             lr,
             seed,
+            lora_rank,
             LocalSettings.model_validate(
                 {
+                    "prompt": prompt if provider == "hf" else None,
                     "device": device,
                     "workers": workers,
                     "offline": offline,
@@ -145,6 +168,8 @@ def finetune_cmd(
         return
     if lr is not None:
         raise UserError("--lr is for local models: the fine-tuning API takes --lr-multiplier")
+    if lora_rank is not None:
+        raise UserError("--lora-rank is for hf/ models: the fine-tuning API chooses its own")
     options = FinetuneOptions.model_validate(
         {
             "model": model,
@@ -198,6 +223,7 @@ def _train_local(
     batch_size: int | str | None,
     lr: float | None,
     seed: int,
+    lora_rank: int | None,
     local: LocalSettings,
 ) -> None:
     """Train a local model, one line per epoch, then say how to evaluate it."""
@@ -209,9 +235,11 @@ def _train_local(
         epochs=epochs,  # type: ignore[arg-type]
         batch_size=batch_size,  # type: ignore[arg-type]
         lr=lr,
+        lora_rank=lora_rank,
         seed=seed,
         local=local,
     )
+    main = os.environ.get("RANK", "0") == "0"  # under `accelerate launch`, process 0 speaks
 
     def on_epoch(e: Epoch) -> None:
         parts = [f"epoch {e.epoch}"]
@@ -224,8 +252,11 @@ def _train_local(
             parts.append(f"{e.seconds:.1f} s")
         err_console.print(", ".join(parts))
 
-    with err_console.status(f"training {model}", spinner="dots"):
+    status = err_console.status(f"training {model}", spinner="dots")
+    with status if main else contextlib.nullcontext():
         record = train_local(prepared_dir, options, on_epoch=on_epoch)
+    if not record:
+        return
     acc = record.get("best_val_accuracy")
     out_console.print(
         f"{name}: trained {record['base_model']} on {record['trained_images']} images in "

@@ -17,12 +17,11 @@ no image-encoder pass); the probe's training and files are `probe`'s.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -320,13 +319,13 @@ def _load_open_clip(source: Source, device: torch.device, offline: bool) -> _Loa
     else:
         name = f"local-dir:{source.ident}"
     try:
-        with _hub_offline(offline):
+        with common.hub_offline(offline):
             model, _, preprocess = open_clip.create_model_and_transforms(
                 name, pretrained=pretrained, device=device
             )
             tokenizer = open_clip.get_tokenizer(name)
     except (OSError, ValueError, RuntimeError, KeyError) as e:
-        raise _load_error(spec, e, offline, fetch) from e
+        raise common.load_error(spec, e, offline, fetch) from e
     return _Loaded(model.eval(), tokenizer, preprocess)
 
 
@@ -349,11 +348,11 @@ def _load_transformers(source: Source, device: torch.device, offline: bool) -> _
         else ""
     )
     errors = (OSError, ValueError, RuntimeError, KeyError, EntryNotFoundError)
-    with _hub_offline(offline):
+    with common.hub_offline(offline):
         try:
             model = AutoModel.from_pretrained(source.ident, local_files_only=offline)
         except errors as e:
-            raise _load_error(spec, e, offline, fetch, also) from e
+            raise common.load_error(spec, e, offline, fetch, also) from e
         if not all(hasattr(model, a) for a in ("get_image_features", "get_text_features")):
             raise UserError(
                 f"{spec} is a {model.config.model_type!r} model, not a CLIP-style dual encoder "
@@ -363,27 +362,9 @@ def _load_transformers(source: Source, device: torch.device, offline: bool) -> _
             processor = AutoImageProcessor.from_pretrained(source.ident, local_files_only=offline)
             tokenizer = AutoTokenizer.from_pretrained(source.ident, local_files_only=offline)
         except errors as e:
-            raise _load_error(spec, e, offline, fetch, also) from e
+            raise common.load_error(spec, e, offline, fetch, also) from e
     dual = _HFDualEncoder(model.to(device).eval(), tokenizer)
     return _Loaded(dual, dual.tokenize, _HFTransform(processor))
-
-
-@contextlib.contextmanager
-def _hub_offline(enabled: bool) -> Iterator[None]:
-    """huggingface_hub reads HF_HUB_OFFLINE once, at import: set its flag for the load, so
-    open_clip (which has no local-files-only argument) reads the hub's cache and never the
-    network, as transformers does with `local_files_only`."""
-    if not enabled:
-        yield
-        return
-    from huggingface_hub import constants
-
-    before = constants.HF_HUB_OFFLINE
-    constants.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = before
 
 
 def _tag_files(cfg: dict[str, Any]) -> tuple[str, list[str]]:
@@ -438,15 +419,6 @@ def _folder_fingerprint(path: Path) -> str:
         st = f.stat()
         h.update(f"{f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]
-
-
-def _load_error(
-    spec: str, e: BaseException, offline: bool, fetch: str, also: str = ""
-) -> UserError:
-    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-    where = " (offline: local files and the hub's cache only)" if offline else ""
-    hint = f"; fetch it with `{fetch}`" if fetch else ""
-    return UserError(f"cannot load {spec}{where}: {first}{hint}{also}")
 
 
 # --- classifying ---------------------------------------------------------------------------

@@ -3,8 +3,9 @@ memory and version records. Imports torch: only loaded when a local arm runs."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -116,3 +117,28 @@ def versions(**extra: str) -> dict[str, str]:
     if torch.version.cuda and torch.cuda.is_available():
         out["cuda"] = str(torch.version.cuda)
     return out | extra
+
+
+@contextlib.contextmanager
+def hub_offline(enabled: bool) -> Iterator[None]:
+    """huggingface_hub reads HF_HUB_OFFLINE once, at import: set its flag for the load, so
+    open_clip (which has no local-files-only argument) reads the hub's cache and never the
+    network, as transformers does with `local_files_only`."""
+    if not enabled:
+        yield
+        return
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
+def load_error(spec: str, e: BaseException, offline: bool, fetch: str, also: str = "") -> UserError:
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    where = " (offline: local files and the hub's cache only)" if offline else ""
+    hint = f"; fetch it with `{fetch}`" if fetch else ""
+    return UserError(f"cannot load {spec}{where}: {first}{hint}{also}")
