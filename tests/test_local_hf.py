@@ -55,11 +55,13 @@ def _scorer(model_dir: Path, prepared: Path, labels: list[str], batch: int) -> h
     return hf_model.LabelScorer(loaded, backend._chat, batch)
 
 
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "row-per-label"])
 def test_cached_label_scores_equal_one_full_forward_per_label(
-    tiny_vlm: Path, prepared: Path
+    tiny_vlm: Path, prepared: Path, packed: bool
 ) -> None:
     labels = [*LABELS, "Golden"]  # a label that is the start of another
     scorer = _scorer(tiny_vlm, prepared, labels, batch=3)  # two passes: 3 labels, then 1
+    scorer.packed = packed
     image = Image.new("RGB", (48, 40), (200, 40, 40))
     sums, means = scorer.score(image)
     full = scorer.score_full(image)
@@ -73,6 +75,7 @@ def test_cached_label_scores_equal_one_full_forward_per_label(
     other = Image.new("RGB", (48, 40), (30, 30, 220))
     assert torch.allclose(scorer.score(other)[0], scorer.score_full(other), atol=1e-4)
     assert torch.allclose(scorer.score(image)[0], sums, atol=1e-6)
+    assert scorer.packed == packed  # the packed path ran (a model refusing it would fall back)
 
 
 def test_labels_are_tokenised_as_they_follow_the_prompt(tiny_vlm: Path, prepared: Path) -> None:
@@ -148,7 +151,7 @@ def test_lora_beats_zero_shot_and_its_adapter_is_a_model_string(
         ],
         ["classify", str(prepared), "--model", "hf/arm:lora", "--name", "lora-eval", *CPU],
     ):
-        code, out, err = run_cli(command, capsys)
+        code, _out, err = run_cli(command, capsys)
         assert code == 0, err
     job = json.loads((prepared / "arms" / "lora" / "finetune.json").read_text())
     assert job["fine_tuned_model"] == "hf/arm:lora" and job["hyperparameters"]["lora_rank"] == 8
@@ -259,3 +262,48 @@ def test_bad_hf_names_are_one_line(tmp_path: Path, prepared: Path, capsys) -> No
         capsys,
     )
     assert code == 1 and "offline" in err and "hf download owner/absent" in err
+
+
+def test_an_interrupted_epoch_resumes_to_the_same_adapter(
+    tiny_vlm: Path, prepared: Path, monkeypatch
+) -> None:
+    """Stopped mid-epoch (after a checkpoint), the rerun continues from that step and ends with
+    the adapter an uninterrupted run trains."""
+    from safetensors.torch import load_file
+
+    from vlm_classify.backends.local import hf_train
+    from vlm_classify.training import TrainOptions, train_local
+
+    monkeypatch.setattr(hf_train, "CHECKPOINT_STEPS", 2)
+    settings = LocalSettings(device="cpu", offline=True)
+
+    def options(name: str) -> TrainOptions:
+        return TrainOptions(
+            model=f"hf/{tiny_vlm}", name=name, epochs=2, batch_size=4, lr=5e-3, local=settings
+        )
+
+    train_local(prepared, options("straight"))
+    steps = 0
+    real_loss = hf_train.LoraTrainer._loss
+
+    def stop_at_step_13(self, *args):  # epoch 2's 5th step: its checkpoint is after step 4
+        nonlocal steps
+        steps += 1
+        if steps == 13:
+            raise KeyboardInterrupt
+        return real_loss(self, *args)
+
+    monkeypatch.setattr(hf_train.LoraTrainer, "_loss", stop_at_step_13)
+    with pytest.raises(KeyboardInterrupt):
+        train_local(prepared, options("resumed"))
+    state = json.loads(
+        (prepared / "arms" / "resumed" / "model" / "checkpoint" / "state.json").read_text()
+    )
+    assert (state["epoch"], state["step"]) == (2, 4)
+    steps = 100  # no more interruptions; count the rerun's steps
+    job = train_local(prepared, options("resumed"))
+    assert steps - 100 == 4  # 8 steps an epoch (30 images, 4 a batch): only 4 remained
+    assert [e["epoch"] for e in job["curves"]] == [1, 2]
+    a = load_file(str(prepared / "arms" / "straight" / "model" / "adapter_model.safetensors"))
+    b = load_file(str(prepared / "arms" / "resumed" / "model" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)

@@ -41,7 +41,7 @@ USES: dict[str, set[str]] = {
     "azure": CHAT,
     "clip": LOCAL | {"templates"},
     "cnn": LOCAL,
-    "hf": LOCAL | {"prompt", "answer", "max_new_tokens"},
+    "hf": LOCAL - {"workers"} | {"prompt", "answer", "max_new_tokens"},
 }
 """The options each provider reads; any other given on the command line is refused."""
 

@@ -138,13 +138,14 @@ def finetune_cmd(
         ctx = click.get_current_context()
         on_line = {
             p: ctx.get_parameter_source(p) == ParameterSource.COMMANDLINE
-            for p in ("prompt", "detail", "lora_rank")
+            for p in ("prompt", "detail", "lora_rank", "workers")
         }
-        for param, takers in (("prompt", "hf"), ("lora_rank", "hf"), ("detail", "")):
-            if on_line[param] and provider != takers:
+        takers = {"prompt": ("hf",), "lora_rank": ("hf",), "detail": (), "workers": ("clip", "cnn")}
+        for param, who in takers.items():
+            if on_line[param] and provider not in who:
                 flag = "--" + param.replace("_", "-")
-                who = f"{takers}/ models" if takers else "the fine-tuning API"
-                raise UserError(f"{flag} is for {who}: {model} does not use it; drop it")
+                what = ", ".join(f"{p}/" for p in who) + " models" if who else "the fine-tuning API"
+                raise UserError(f"{flag} is for {what}: {model} does not use it; drop it")
         _train_local(
             prepared_dir,
             model,

@@ -330,9 +330,10 @@ def _rope_holder(model: Any) -> Any:
 
 class LabelScorer:
     """Scores every label against one image: one pass over the prefix, then the labels from its
-    key/value cache, `batch` labels per pass."""
+    key/value cache, `batch` labels per pass: packed in one row with a 4D attention mask where
+    the model takes one (the cache is read, not copied per label), else one row per label."""
 
-    def __init__(self, loaded: Loaded, chat: Chat, batch: int) -> None:
+    def __init__(self, loaded: Loaded, chat: Chat, batch: int, packed: bool = True) -> None:
         self.loaded = loaded
         self.chat = chat
         self.batch = max(1, batch)
@@ -341,6 +342,9 @@ class LabelScorer:
         self._rope = _rope_holder(loaded.model)
         self.prompt_tokens = 0
         """Prompt tokens of the last image scored (its image tokens included)."""
+        self.packed = packed
+        """Score a chunk's labels packed in one row (see `_packed`); off after a model refuses
+        a 4D attention mask, or when asked."""
 
     @torch.inference_mode()
     def score(self, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
@@ -371,7 +375,6 @@ class LabelScorer:
         deltas: torch.Tensor | None,
     ) -> torch.Tensor:
         """Log-probabilities of each label's tokens (padded with 0), shape (labels, tokens)."""
-        model, device = self.loaded.model, self.loaded.device
         n, width = len(chunk), max(map(len, chunk))
         pad = self.chat.tokenizer.pad_token_id or 0
         targets = torch.full((n, width), pad, dtype=torch.long)
@@ -382,30 +385,92 @@ class LabelScorer:
         logp = torch.zeros((n, width), dtype=torch.float32)
         logp[:, 0] = first.cpu()[targets[:, 0]]
         if width > 1:  # the last token is only predicted, never fed
-            feed = targets[:, :-1].to(device)
-            steps = width - 1
-            positions = torch.arange(prefix_len, prefix_len + steps, device=device)
-            positions = positions.view(1, -1).expand(n, -1)
-            if deltas is not None:  # multimodal RoPE: text continues from the prefix's delta
-                positions = positions.unsqueeze(0).expand(3, -1, -1) + deltas.to(device).view(
-                    1, -1, 1
-                )
-            attention = torch.cat(
-                [torch.ones((n, prefix_len), dtype=torch.long), mask[:, :-1]], dim=1
-            ).to(device)
-            extended = copy.deepcopy(cache)  # the forward extends a cache in place
-            extended.batch_repeat_interleave(n)
-            with common.autocast(device):
-                out = model(
-                    input_ids=feed,
-                    attention_mask=attention,
-                    position_ids=positions,
-                    use_cache=True,
-                    **{self._cache_arg: extended},
-                )
-            lp = out.logits.float().log_softmax(-1).cpu()
-            logp[:, 1:] = lp.gather(-1, targets[:, 1:].unsqueeze(-1)).squeeze(-1)
+            if self.packed:
+                try:
+                    logp[:, 1:] = self._packed(chunk, targets, cache, prefix_len, deltas)
+                except (RuntimeError, ValueError, TypeError) as e:  # no 4D masks: one row each
+                    log.info("packed label scoring failed (%s): one row per label", e)
+                    self.packed = False
+            if not self.packed:
+                logp[:, 1:] = self._rows(targets, mask, cache, prefix_len, deltas)
         return (logp * mask).double()
+
+    def _positions(self, offsets: torch.Tensor, deltas: torch.Tensor | None) -> torch.Tensor:
+        """Text positions after the prefix; multimodal RoPE (3 axes) continues from its delta."""
+        positions = offsets.to(self.loaded.device)
+        if deltas is None:
+            return positions
+        return positions.unsqueeze(0).expand(3, *positions.shape) + deltas.to(
+            self.loaded.device
+        ).view(1, -1, 1)
+
+    def _packed(
+        self,
+        chunk: list[list[int]],
+        targets: torch.Tensor,
+        cache: Any,
+        prefix_len: int,
+        deltas: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """All labels of the chunk in one row after the prefix, each seeing the prefix and its
+        own earlier tokens only (a 4D attention mask): the prefix's cache is read once, never
+        copied per label. Log-probabilities of tokens 1.. of each label, shape (labels, w-1)."""
+        model, device = self.loaded.model, self.loaded.device
+        owner = torch.cat([torch.full((len(ids) - 1,), i) for i, ids in enumerate(chunk)])
+        step = torch.cat([torch.arange(len(ids) - 1) for ids in chunk])
+        feed = torch.cat([torch.tensor(ids[:-1]) for ids in chunk]).view(1, -1)
+        q = feed.shape[1]
+        allowed = torch.ones((q, prefix_len + q), dtype=torch.bool)
+        allowed[:, prefix_len:] = (owner[:, None] == owner[None, :]) & (
+            step[None, :] <= step[:, None]
+        )
+        dtype = self.loaded.dtype
+        attention = torch.zeros(allowed.shape, dtype=dtype).masked_fill(
+            ~allowed, torch.finfo(dtype).min
+        )
+        extended = copy.deepcopy(cache)  # the forward extends a cache in place
+        with common.autocast(device):
+            out = model(
+                input_ids=feed.to(device),
+                attention_mask=attention[None, None].to(device),
+                position_ids=self._positions((prefix_len + step).view(1, -1), deltas),
+                use_cache=True,
+                **{self._cache_arg: extended},
+            )
+        lp = out.logits[0].float().log_softmax(-1).cpu()
+        result = torch.zeros((len(chunk), targets.shape[1] - 1), dtype=torch.float32)
+        nxt = targets[owner, step + 1]
+        result[owner, step] = lp.gather(-1, nxt.unsqueeze(-1)).squeeze(-1)
+        return result
+
+    def _rows(
+        self,
+        targets: torch.Tensor,
+        mask: torch.Tensor,
+        cache: Any,
+        prefix_len: int,
+        deltas: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """One row per label, the prefix's cache repeated for each (any model takes this)."""
+        model, device = self.loaded.model, self.loaded.device
+        n, width = targets.shape
+        feed = targets[:, :-1].to(device)
+        offsets = torch.arange(prefix_len, prefix_len + width - 1).view(1, -1).expand(n, -1)
+        attention = torch.cat(
+            [torch.ones((n, prefix_len), dtype=torch.long), mask[:, :-1]], dim=1
+        ).to(device)
+        extended = copy.deepcopy(cache)  # the forward extends a cache in place
+        extended.batch_repeat_interleave(n)
+        with common.autocast(device):
+            out = model(
+                input_ids=feed,
+                attention_mask=attention,
+                position_ids=self._positions(offsets, deltas),
+                use_cache=True,
+                **{self._cache_arg: extended},
+            )
+        lp = out.logits.float().log_softmax(-1).cpu()
+        return lp.gather(-1, targets[:, 1:].unsqueeze(-1)).squeeze(-1)
 
     @torch.inference_mode()
     def score_full(self, image: Image.Image) -> torch.Tensor:

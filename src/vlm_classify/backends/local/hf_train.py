@@ -198,6 +198,8 @@ class LoraTrainer:
             batches = [mine[i : i + self.batch_size] for i in range(0, len(mine), self.batch_size)]
             model.train()
             for step in range(done_steps, len(batches)):
+                # LoRA dropout seeded per step: a resumed run repeats the uninterrupted one
+                torch.manual_seed(hash((self.options.seed, epoch, step, acc.process_index)))
                 rows = [train[i] for i in batches[step]]
                 loss = self._loss(model, chat, answers.ids, rows)
                 acc.backward(loss)
