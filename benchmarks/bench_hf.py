@@ -2,7 +2,7 @@
 forward per label, and label scoring against free generation, per image.
 
     python benchmarks/bench_hf.py [--size small] [--labels 120] [--images 4] [--side 224]
-                                  [--label-batch 32] [--threads N] [--device cpu|cuda]
+                                  [--label-batch 128] [--threads N] [--device cpu|cuda]
                                   [--data DIR] [--train-steps 0]
 
 The model is Qwen2-VL's architecture at `--size` (`small`: 8 text layers of width 512 and a
@@ -85,7 +85,7 @@ def main() -> None:
     parser.add_argument("--labels", type=int, default=120)
     parser.add_argument("--images", type=int, default=4, help="images timed per method")
     parser.add_argument("--side", type=int, default=224)
-    parser.add_argument("--label-batch", type=int, default=32)
+    parser.add_argument("--label-batch", type=int, default=128)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--train-steps", type=int, default=0)
@@ -102,10 +102,11 @@ def main() -> None:
     if not (model_dir / "config.json").is_file():
         write_random_qwen2_vl(model_dir, labels, args.size, side=args.side)
     per_image = max(1, args.images // 4)
+    train_per_class = max(4, args.train_steps)  # 4 classes x this = steps x batch 4
     prepared = prepared_folder(
-        args.data / "prepared", labels, {"train": 4, "val": 1, "test": per_image}
+        args.data / "prepared", labels, {"train": train_per_class, "val": 1, "test": per_image}
     )
-    settings = LocalSettings(device=args.device, batch_size=args.label_batch)  # type: ignore[arg-type]
+    settings = LocalSettings(device=args.device, label_batch=args.label_batch)  # type: ignore[arg-type]
     backend = hf_vlm.make_backend(ModelRef("hf", str(model_dir)), labels, prepared, settings)
     loaded = backend._loaded
     assert loaded is not None

@@ -76,6 +76,24 @@ def test_cached_label_scores_equal_one_full_forward_per_label(
     assert torch.allclose(scorer.score(other)[0], scorer.score_full(other), atol=1e-4)
     assert torch.allclose(scorer.score(image)[0], sums, atol=1e-6)
     assert scorer.packed == packed  # the packed path ran (a model refusing it would fall back)
+    if packed:  # checked once against one row per label
+        assert scorer.packed_check is not None and "max difference" in scorer.packed_check
+
+
+def test_a_model_that_ignores_the_packed_mask_falls_back(
+    tiny_vlm: Path, prepared: Path, monkeypatch
+) -> None:
+    """A model that does not honour the 4D mask (packed scores off by whole nats) is caught on
+    the first chunk and scored one row per label from then on."""
+    scorer = _scorer(tiny_vlm, prepared, LABELS, batch=8)
+    real = hf_model.LabelScorer._packed
+    monkeypatch.setattr(
+        hf_model.LabelScorer, "_packed", lambda self, *a: real(self, *a) - 2.0
+    )  # what attending to the other labels' tokens would look like
+    image = Image.new("RGB", (48, 40), (40, 200, 60))
+    sums, _ = scorer.score(image)
+    assert not scorer.packed and "max difference 2" in (scorer.packed_check or "")
+    assert torch.allclose(sums, scorer.score_full(image), atol=1e-4)
 
 
 def test_labels_are_tokenised_as_they_follow_the_prompt(tiny_vlm: Path, prepared: Path) -> None:

@@ -1,6 +1,6 @@
 """Cloud and local arms in one report, as a user runs them: a chat model through the emulator, a
-CLIP zero-shot and a linear probe trained here, on the same test ids, local arms priced by
-compute time."""
+CLIP zero-shot and a linear probe trained here, a CNN trained here and an open VLM zero-shot by
+label scoring, on the same test ids, local arms priced by compute time."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("open_clip")
 
 from cli_support import run_cli
-from local_support import colour_prepared, write_open_clip_dir
+from local_support import colour_prepared, write_open_clip_dir, write_qwen2_vl_dir
 from vlm_classify.emulator import Emulator, EmulatorConfig
 
 LOCAL = ["--device", "cpu", "--cpu-price-per-hour", "0.36"]
@@ -22,6 +22,7 @@ LOCAL = ["--device", "cpu", "--cpu-price-per-hour", "0.36"]
 def test_cloud_and_local_arms_in_one_report(tmp_path: Path, monkeypatch, capsys) -> None:
     prepared = colour_prepared(tmp_path / "p", {"train": 8, "val": 4, "test": 4})
     model = write_open_clip_dir(tmp_path / "models" / "tiny-clip")
+    vlm = write_qwen2_vl_dir(tmp_path / "models" / "tiny-vlm")
     with Emulator(EmulatorConfig(manifests=[prepared], accuracy=0.5)) as emu:
         for k, v in emu.env().items():
             monkeypatch.setenv(k, v)
@@ -32,6 +33,20 @@ def test_cloud_and_local_arms_in_one_report(tmp_path: Path, monkeypatch, capsys)
         ["classify", str(prepared), "--model", f"clip/{model}", "--name", "clip-zs", *LOCAL],
         ["finetune", str(prepared), "--model", f"clip/{model}", "--name", "probe", *LOCAL],
         ["classify", str(prepared), "--model", "clip/arm:probe", "--name", "probe-eval", *LOCAL],
+        ["classify", str(prepared), "--model", f"hf/{vlm}", "--name", "vlm-zs", *LOCAL],
+        [
+            "finetune",
+            str(prepared),
+            "--model",
+            "cnn/test_resnet",
+            "--name",
+            "cnn",
+            "--epochs",
+            "2",
+            "--offline",
+            *LOCAL,
+        ],
+        ["classify", str(prepared), "--model", "cnn/arm:cnn", "--name", "cnn-eval", *LOCAL],
     ):
         code, out, err = run_cli(command, capsys)
         assert code == 0, err
@@ -40,8 +55,13 @@ def test_cloud_and_local_arms_in_one_report(tmp_path: Path, monkeypatch, capsys)
     code, out, err = run_cli(["report", str(prepared), "--baseline", "zero-shot"], capsys)
     assert code == 0, err
     m = json.loads((prepared / "report" / "metrics.json").read_text())
-    assert set(m["arms"]) == {"zero-shot", "clip-zs", "probe-eval"}
-    assert m["dataset"]["compared_items"] == 12  # the same 12 test ids for all three
+    assert set(m["arms"]) == {"zero-shot", "clip-zs", "probe-eval", "vlm-zs", "cnn-eval"}
+    assert m["dataset"]["compared_items"] == 12  # the same 12 test ids for all five
+    for arm in ("vlm-zs", "cnn-eval"):
+        assert (
+            m["arms"][arm]["mode"] == "local" and m["arms"][arm]["cost"]["price_mode"] == "compute"
+        )
+    assert not m["arms"]["vlm-zs"]["fine_tuned"] and m["arms"]["cnn-eval"]["fine_tuned"]
     probe = m["arms"]["probe-eval"]
     assert probe["fine_tuned"] and probe["mode"] == "local"
     with (prepared / "report" / "results.csv").open() as f:

@@ -85,6 +85,8 @@ class LocalSettings(BaseModel):
     answer: LocalAnswer = "score"
     """`hf/`: `score` every label's likelihood (a distribution, always a valid label) or
     generate `text` and parse it as the cloud arms do."""
+    label_batch: int = Field(128, ge=1, le=4096)
+    """`hf/` label scoring: labels scored per pass from one image's cache (packed in one row)."""
     max_new_tokens: int = Field(20, ge=1, le=4096)
     """`hf/` with `answer=text`: the longest answer generated."""
     cpu_price_per_hour: float | None = Field(None, ge=0, allow_inf_nan=False)

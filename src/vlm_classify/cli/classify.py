@@ -41,7 +41,7 @@ USES: dict[str, set[str]] = {
     "azure": CHAT,
     "clip": LOCAL | {"templates"},
     "cnn": LOCAL,
-    "hf": LOCAL - {"workers"} | {"prompt", "answer", "max_new_tokens"},
+    "hf": LOCAL - {"workers"} | {"prompt", "answer", "max_new_tokens", "label_batch"},
 }
 """The options each provider reads; any other given on the command line is refused."""
 
@@ -104,6 +104,13 @@ def refuse_options_that_do_not_apply(model: str) -> None:
     "parsed).",
 )
 @click.option(
+    "--label-batch",
+    default=128,
+    show_default=True,
+    type=click.IntRange(1, 4096),
+    help="hf/ label scoring: labels scored per pass from one image's cache.",
+)
+@click.option(
     "--max-new-tokens",
     default=20,
     show_default=True,
@@ -151,7 +158,8 @@ def refuse_options_that_do_not_apply(model: str) -> None:
     default=32,
     show_default=True,
     type=click.IntRange(1, 4096),
-    help="Local models: images per forward pass (hf/ label scoring: labels per pass).",
+    help="Local models: images per forward pass (hf/: images recorded together; with --answer "
+    "text, images generated together).",
 )
 @click.option(
     "--templates",
@@ -169,6 +177,7 @@ def classify_cmd(
     concurrency: int,
     prompt: str | None,
     answer: str | None,
+    label_batch: int,
     max_new_tokens: int,
     detail: str,
     logprobs: bool,
@@ -232,6 +241,7 @@ def classify_cmd(
                     "prompt": prompt,
                     "answer": answer or "score",
                     "max_new_tokens": max_new_tokens,
+                    "label_batch": label_batch,
                     "workers": workers,
                     "offline": offline,
                     "cpu_price_per_hour": cpu_price_per_hour,

@@ -25,9 +25,6 @@ from ..base import LocalSettings, Prediction, Usage, prediction_from_scores
 from . import common
 from .hf_model import Chat, LabelScorer, Loaded, load, open_image, parse_source, versions
 
-LABEL_BATCH = 32
-"""Labels scored per forward pass from one image's cache, unless --batch-size says otherwise."""
-
 
 def resolve_device(name: str) -> torch.device:
     """`common.resolve_device`, a bare `cuda` pinned to the current GPU."""
@@ -70,9 +67,7 @@ class HfBackend:
         self._settings = settings
         self._labels = chat.labels
         self._scorer = (
-            LabelScorer(loaded, chat, settings.batch_size or LABEL_BATCH)
-            if settings.answer == "score"
-            else None
+            LabelScorer(loaded, chat, settings.label_batch) if settings.answer == "score" else None
         )
 
     def classify_batch(self, items: Sequence[ManifestRow]) -> list[Prediction]:
@@ -161,6 +156,8 @@ class HfBackend:
                 "labels_tokenised_with_prompt": tokens.joint,
                 "labels_merging_with_prompt": tokens.merged,
                 "labels_per_pass": self._scorer.batch,
+                "packed": self._scorer.packed,
+                "packed_check": self._scorer.packed_check,
             }
         else:
             out["max_new_tokens"] = self._settings.max_new_tokens
