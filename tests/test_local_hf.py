@@ -124,7 +124,10 @@ def test_classify_scores_every_label_for_every_item(tiny_vlm: Path, prepared: Pa
     model = arm["compute"]["model"]
     assert model["answer"] == "score" and model["prompt"] == "full"
     assert model["end_of_turn"] == "<|im_end|>" and model["adapter"] is None
-    assert arm["settings"]["answer"] == "score"
+    assert arm["settings"]["answer"] == "score" and arm["settings"]["prompt"] == "full"
+    # the default said out loud resumes the same arm
+    code, out, err = run_cli([*args, "--prompt", "full"], capsys)
+    assert code == 0 and "18 items were already done" in out, err
     # rerun: nothing asked again
     code, out, err = run_cli(args, capsys)
     assert code == 0 and "18 items were already done" in out

@@ -139,6 +139,11 @@ def classify(
     client = None
     if provider.kind == "remote":  # credentials checked before any work
         client = make_client(ref, timeout=options.runner.request_timeout_s)
+    if hasattr(module, "default_prompt") and options.local.prompt is None:  # hf/: say which
+        local = options.local.model_copy(
+            update={"prompt": module.default_prompt(ref, prepared_dir)}
+        )
+        options = options.model_copy(update={"local": local})
     mode = options.mode if provider.kind == "remote" else "local"
     settings = options.recorded_settings(provider.kind, prepared_dir)
     if client is not None:  # the emulator's answers never resume against the real service

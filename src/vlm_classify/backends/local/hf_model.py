@@ -186,7 +186,10 @@ def load(
                 source.base, local_files_only=offline
             )
             model: Any = transformers.AutoModelForImageTextToText.from_pretrained(
-                source.base, local_files_only=offline, dtype=dtype
+                source.base,
+                local_files_only=offline,
+                dtype=dtype,
+                device_map=str(device) if device.type == "cuda" else None,  # straight to the GPU
             )
         except errors as e:
             raise common.load_error(spec, e, offline, fetch) from e

@@ -19,7 +19,7 @@ import torch
 from ...dataset.manifest import ManifestRow
 from ...errors import UserError
 from ...models import ModelRef
-from ...prompts import parse_answer
+from ...prompts import PromptStyle, parse_answer
 from ...training import TrainOptions
 from ..base import LocalSettings, Prediction, Usage, prediction_from_scores
 from . import common
@@ -32,6 +32,13 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     return device
+
+
+def default_prompt(ref: ModelRef, prepared_dir: Path) -> PromptStyle:
+    """The prompt style `ref` is asked with when none is given: the one a trained adapter was
+    trained with, else `full` (the study's)."""
+    card = parse_source(ref, Path(prepared_dir)).card
+    return card.prompt if card is not None else "full"
 
 
 def make_backend(
