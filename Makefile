@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEMO   ?= demo-output
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo demo-local test lint format bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,10 +20,16 @@ $(VENV)/.installed-local: pyproject.toml $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[dev,local]'
 	touch $@
 
-# The whole study offline: sample -> prepare -> export -> estimate -> emulator -> zero-shot (Batch
-# API) -> fine-tune -> fine-tuned model -> latency -> report. Output in $(DEMO)/.
+# The whole study offline, from one experiment file: a generated sample -> prepare -> the
+# built-in emulator -> fine-tune -> zero-shot (Batch API) -> the fine-tuned model -> latency ->
+# report. Output in $(DEMO)/; a second `make demo` finds every step done.
 demo: $(VENV)/.installed
-	BIN=$(BIN) DEMO=$(DEMO) bash scripts/demo.sh
+	$(BIN)/vlm-classify run examples/demo.toml --out $(DEMO)
+
+# The same, plus a CNN trained here on the generated sample: one arm of the report is a real,
+# measured model next to the emulated ones (installs the `local` extra: torch, timm...).
+demo-local: $(VENV)/.installed-local
+	$(BIN)/vlm-classify run examples/demo-local.toml --out $(DEMO)-local
 
 test: $(VENV)/.installed-local
 	$(BIN)/ruff check src tests benchmarks

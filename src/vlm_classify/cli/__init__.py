@@ -56,6 +56,7 @@ def _register() -> None:
     from .latency import latency_cmd
     from .prepare import prepare_cmd
     from .report import report_cmd
+    from .run import run_cmd
     from .sample import sample_cmd
 
     for cmd in (
@@ -69,6 +70,7 @@ def _register() -> None:
         latency_cmd,
         report_cmd,
         emulator_cmd,
+        run_cmd,
     ):
         cli.add_command(cmd)
 
