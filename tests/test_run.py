@@ -328,3 +328,82 @@ def _answers(db: Path, arm: str) -> int:
             ]
     except sqlite3.Error:
         return 0
+
+
+AZURE = """\
+[dataset]
+source = "generated"
+classes = 3
+split = [5, 1, 3]
+
+[[arm]]
+name = "base"
+model = "azure/gpt-4o-2024-08-06"
+mode = "batch"
+
+[[arm]]
+name = "ft"
+finetune = { from = "azure/gpt-4o-2024-08-06", epochs = 2, lr_multiplier = 0.5, seed = 42 }
+deploy = { deployment = "dogs-ft", subscription = "sub", resource_group = "rg", account = "acct" }
+
+[latency]
+arms = ["ft"]
+requests = 4
+concurrency = [1]
+
+[report]
+baseline = "base"
+"""
+
+
+@pytest.mark.parametrize("provider", ["azure", "openai"])
+def test_an_experiment_runs_against_the_service_the_environment_names(
+    tmp_path: Path, monkeypatch, provider: str
+) -> None:
+    """No [emulator] in the file: the service comes from AZURE_OPENAI_ENDPOINT (a fine-tune
+    deployed through the control plane) or OPENAI_BASE_URL, here the emulator run apart."""
+    from vlm_classify.emulator import Emulator, EmulatorConfig
+
+    text = AZURE
+    if provider == "openai":
+        text = text.replace("azure/", "openai/").replace(
+            'deploy = { deployment = "dogs-ft", subscription = "sub", resource_group = "rg", '
+            'account = "acct" }\n',
+            "",
+        )
+    path, out = write(tmp_path, text), tmp_path / "out"
+    for name in ("AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_API_KEY", "OPENAI_API_KEY"):
+        monkeypatch.setenv(name, "https://unused.example")  # prepare sends nothing
+    monkeypatch.setenv("OPENAI_API_VERSION", "2024-10-21")
+    run(path, out, only="prepare")
+    config = EmulatorConfig(
+        manifests=[out], latency_scale=0.01, batch_seconds=0.3, ft_seconds=0.3, seed=1
+    )
+    with Emulator(config) as emu:
+        for k, v in emu.env().items():
+            monkeypatch.setenv(k, v)
+        result, ui = run(path, out)
+        assert "deploy:ft" in result.ran or provider == "openai"
+        deployments = dict(emu.service.store.deployments) if provider == "azure" else {}
+    steps = ["finetune:ft", *(["deploy:ft"] if provider == "azure" else [])]
+    assert result.ran == [*steps, "classify:base", "classify:ft", "latency:ft", "report"]
+    state = json.loads((out / "run.json").read_text())
+    if provider == "azure":
+        assert state["steps"]["classify:ft"]["inputs"]["model"] == "azure/dogs-ft"
+        assert "dogs-ft" in deployments
+    metrics = json.loads((out / "report" / "metrics.json").read_text())
+    assert metrics["arms"]["ft"]["fine_tuned"] and metrics["arms"]["base"]["emulated"]
+
+
+def test_every_shipped_example_is_a_valid_experiment() -> None:
+    examples = sorted((Path(__file__).parents[1] / "examples").glob("*.toml"))
+    assert {p.name for p in examples} >= {
+        "demo.toml",
+        "demo-local.toml",
+        "study-azure.toml",
+        "study-openai.toml",
+        "open-models-1gpu.toml",
+    }
+    for path in examples:
+        exp, _ = load_experiment(path)
+        assert exp.arm

@@ -7,7 +7,8 @@ EXIT_CODES = {
     0: "success",
     1: "an error that stopped the command (the line printed names the fix)",
     2: "a usage mistake (an unknown option, a bad value)",
-    3: "classify finished, but some items are recorded with an error (rerun with --retry-failed)",
+    3: "classify or run finished, but some items are recorded with an error (classify: rerun "
+    "with --retry-failed; run: rerun the same command)",
     70: "an internal error (a bug: rerun with --debug and report it)",
     130: "interrupted (rerun the same command to resume)",
 }
