@@ -337,7 +337,12 @@ class Runner:
             count = d.images_per_class or options.count
             self.ui.status(f"generating {d.classes or 10} classes x {count} images in {source}")
             make_sample(Path(source), classes=d.classes or 10, per_class=count)
-        result = prepare(source, self.out, options)
+        result = prepare(
+            source,
+            self.out,
+            options,
+            progress=lambda phase, done, total: self.ui.progress(f"prepare ({phase})", done, total),
+        )
         for w in result.warnings:
             self.ui.status(f"warning: {w}")
         sample = load_sample(self.out)
