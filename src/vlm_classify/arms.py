@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .files import atomic_open, write_text_atomic
 from .store import Store
 
 PREDICTION_FIELDS = [
@@ -61,32 +62,6 @@ def write_arm_files(
     emulated = int(bool(extra.get("emulated")))
     out.mkdir(parents=True, exist_ok=True)
     rows = store.predictions(name)
-    tmp = out / "predictions.csv.tmp"
-    with tmp.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(PREDICTION_FIELDS)
-        for r in rows:
-            p = r.result
-            w.writerow(
-                [
-                    r.item_id,
-                    r.label,
-                    p.prediction or "",
-                    int(r.correct),
-                    int(p.valid),
-                    "" if p.confidence is None else f"{p.confidence:.6f}",
-                    "" if p.latency_ms is None else f"{p.latency_ms:.2f}",
-                    p.usage.prompt_tokens,
-                    p.usage.completion_tokens,
-                    r.attempts,
-                    r.mode,
-                    emulated,
-                    p.error or "",
-                    p.raw_answer,
-                    "" if p.scores is None else json.dumps(p.scores, separators=(",", ":")),
-                ]
-            )
-    tmp.replace(out / "predictions.csv")
     n = len(rows)
     answered = [r for r in rows if r.result.error is None]
     correct = sum(r.correct for r in answered)
@@ -116,9 +91,33 @@ def write_arm_files(
         "totals": totals,
         **extra,
     }
-    tmp_json = out / "arm.json.tmp"
-    tmp_json.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    tmp_json.replace(out / "arm.json")
+    write_text_atomic(out / "arm.json", json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    # predictions.csv last: it is what marks the folder an arm (`report` looks for it), so a
+    # crash before it never leaves an arm without its arm.json (which says `emulated`).
+    with atomic_open(out / "predictions.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(PREDICTION_FIELDS)
+        for r in rows:
+            p = r.result
+            w.writerow(
+                [
+                    r.item_id,
+                    r.label,
+                    p.prediction or "",
+                    int(r.correct),
+                    int(p.valid),
+                    "" if p.confidence is None else f"{p.confidence:.6f}",
+                    "" if p.latency_ms is None else f"{p.latency_ms:.2f}",
+                    p.usage.prompt_tokens,
+                    p.usage.completion_tokens,
+                    r.attempts,
+                    r.mode,
+                    emulated,
+                    p.error or "",
+                    p.raw_answer,
+                    "" if p.scores is None else json.dumps(p.scores, separators=(",", ":")),
+                ]
+            )
     return out, totals
 
 
@@ -132,9 +131,9 @@ def read_job(out: Path) -> dict[str, Any]:
 
 def write_job(out: Path, record: dict[str, Any]) -> None:
     """Write a job's finetune.json whole or not at all (a temp file, then a rename)."""
-    tmp = Path(out) / (FINETUNE_JSON + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(Path(out) / FINETUNE_JSON)
+    write_text_atomic(
+        Path(out) / FINETUNE_JSON, json.dumps(record, indent=2, sort_keys=True) + "\n"
+    )
 
 
 def find_fine_tune(prepared_dir: Path, model: str) -> dict[str, Any] | None:

@@ -34,6 +34,7 @@ from .backends.openai.chat import (
 from .backends.openai.wire import AnswerMode, Detail
 from .dataset.manifest import ManifestRow, Split, load_split
 from .errors import FatalError, ItemError, TransientError, UserError
+from .files import atomic_open, write_text_atomic
 from .prompts import PromptStyle
 from .runner import RunnerConfig
 
@@ -144,13 +145,11 @@ def summarize_csv(path: Path, trim_first: int = 0) -> list[dict[str, Any]]:
 
 def write_csv(path: Path, rows: Sequence[dict[str, Any]], fields: Sequence[str]) -> None:
     """Write rows with `\\n` line ends; None becomes an empty cell."""
-    tmp = Path(path).with_suffix(".csv.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
+    with atomic_open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=list(fields), lineterminator="\n", extrasaction="ignore")
         w.writeheader()
         for row in rows:
             w.writerow({k: "" if row.get(k) is None else row[k] for k in fields})
-    tmp.replace(path)
 
 
 # --- measuring -------------------------------------------------------------------------------
@@ -344,8 +343,6 @@ def measure_latency(
         ]
     out = arm_dir(prepared_dir, options.name)
     out.mkdir(parents=True, exist_ok=True)
-    write_csv(out / SAMPLES_NAME, sample_rows, SAMPLE_FIELDS)
-    write_csv(out / SUMMARY_NAME, levels, LEVEL_FIELDS)
     meta = {
         "name": options.name,
         "model": model,
@@ -361,7 +358,10 @@ def measure_latency(
             "python": platform.python_version(),
         },
     }
-    (out / META_NAME).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    write_csv(out / SAMPLES_NAME, sample_rows, SAMPLE_FIELDS)
+    write_text_atomic(out / META_NAME, json.dumps(meta, indent=2) + "\n")
+    # latency.csv last: the report takes a folder holding it for a finished study.
+    write_csv(out / SUMMARY_NAME, levels, LEVEL_FIELDS)
     return LatencyResult(arm_dir=out, levels=levels, emulated=emulated, server=server, note=note)
 
 

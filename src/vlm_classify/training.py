@@ -24,6 +24,7 @@ from .backends import registry
 from .backends.base import LocalSettings
 from .dataset.manifest import ManifestRow, load_sample
 from .errors import UserError
+from .files import atomic_open
 from .runner import peak_rss_mb
 
 MODEL_DIR = "model"
@@ -214,7 +215,7 @@ def train_local(
 
 
 def _write_curves(path: Path, curves: list[Epoch]) -> None:
-    with path.open("w", newline="", encoding="utf-8") as f:
+    with atomic_open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=list(Epoch.model_fields), lineterminator="\n")
         w.writeheader()
         for e in curves:

@@ -9,6 +9,7 @@ import click
 
 from ..emulator import Emulator, EmulatorConfig, parse_faults
 from ..emulator.config import DEFAULT_API_KEY, parse_pairs
+from ..files import write_text_atomic
 from ._console import err_console, out_console
 
 
@@ -215,9 +216,8 @@ def emulator_cmd(
     for line in lines:
         out_console.print(line, soft_wrap=True, markup=False)
     if env_file is not None:
-        tmp = env_file.with_name(env_file.name + ".tmp")
-        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        tmp.replace(env_file)  # appears whole, once the port is bound
+        # appears whole, once the port is bound
+        write_text_atomic(env_file, "\n".join(lines) + "\n")
     try:
         emu.serve_forever()
     except KeyboardInterrupt:

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from ..errors import DataError, UserError
+from ..files import atomic_open
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
@@ -73,13 +74,11 @@ FIELDS: list[str] = list(ManifestRow.model_fields)
 
 def write_manifest(path: Path, rows: Iterable[ManifestRow]) -> None:
     """Write rows as CSV with a fixed column order and `\\n` line ends (byte-identical reruns)."""
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
+    with atomic_open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS, lineterminator="\n")
         writer.writeheader()
         for row in rows:
             writer.writerow(row.model_dump())
-    tmp.replace(path)
 
 
 def read_manifest(prepared_dir: Path) -> list[ManifestRow]:

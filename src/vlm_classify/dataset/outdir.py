@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..files import write_text_atomic
 from .manifest import LABELS_NAME, MANIFEST_NAME, ManifestRow, read_manifest, write_manifest
 from .sources import shown
 
@@ -144,9 +145,7 @@ def remove_files(out: Path, paths: Iterable[Path | str]) -> int:
 
 def _write_text(path: Path, text: str) -> None:
     """Write `text` to `path` through a temporary file and a rename (no half-written file)."""
-    tmp = path.with_name(f"{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8", errors="backslashreplace")
-    tmp.replace(path)
+    write_text_atomic(path, text, errors="backslashreplace")
 
 
 def write_report(path: Path, report: dict[str, Any]) -> None:

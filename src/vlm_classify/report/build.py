@@ -27,6 +27,7 @@ from ..cost import (
     volume_grid,
 )
 from ..errors import UserError
+from ..files import write_bytes_atomic
 from ..metrics import BOOTSTRAP_RESAMPLES, SMALL_SUPPORT, arm_metrics, compare
 from ..pricing import load_pricing
 from .load import Aligned, Arm, align, latency_studies, select_arms
@@ -345,10 +346,11 @@ def build_report(prepared_dir: Path, opts: ReportOptions | None = None) -> Repor
         "metrics.json": metrics_text.encode("utf-8"),
     }
     contents |= render(prepared_dir, out, metrics, al)
-    files = []
-    for rel, data in contents.items():
+    files = [out / rel for rel in contents]
+    # Each file whole (temp file, then rename); the plots first, the pages that show them last.
+    pages = ("results.csv", "metrics.json", "report.md", "report.html")
+    for rel in sorted(contents, key=lambda r: (r in pages, pages.index(r) if r in pages else 0)):
         path = out / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        files.append(path)
+        write_bytes_atomic(path, contents[rel])
     return ReportResult(out_dir=out, files=files, verdict=metrics["verdict"]["text"])

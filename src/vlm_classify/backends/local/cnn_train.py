@@ -32,6 +32,7 @@ from torch import nn
 
 from ...dataset.manifest import ManifestRow
 from ...errors import UserError
+from ...files import atomic_path, write_text_atomic
 from ...training import Epoch, TrainOptions, TrainResult
 from . import common
 from .cnn_model import (
@@ -257,16 +258,14 @@ class CnnTrainer:
             curves=curves,
             details=details,
         )
-        weights_tmp = out / (WEIGHTS + ".tmp")
-        safetensors.torch.save_file(
-            {k: v.contiguous() for k, v in best_weights.items()},
-            str(weights_tmp),
-            metadata={"epoch": str(best["epoch"]), "architecture": self.architecture},
-        )
-        weights_tmp.replace(out / WEIGHTS)
-        card_tmp = out / (CARD + ".tmp")
-        card_tmp.write_text(card.model_dump_json(indent=2) + "\n", encoding="utf-8")
-        card_tmp.replace(out / CARD)  # written last: its presence means "finished"
+        with atomic_path(out / WEIGHTS) as weights_tmp:
+            safetensors.torch.save_file(
+                {k: v.contiguous() for k, v in best_weights.items()},
+                str(weights_tmp),
+                metadata={"epoch": str(best["epoch"]), "architecture": self.architecture},
+            )
+        # written last: its presence means "finished"
+        write_text_atomic(out / CARD, card.model_dump_json(indent=2) + "\n")
         (out / CHECKPOINT).unlink(missing_ok=True)
         return TrainResult(
             curves=curves,
@@ -422,9 +421,8 @@ def _seed(seed: int) -> None:
 
 def _save(path: Path, state: dict[str, Any]) -> None:
     """Write temp then rename: a kill leaves the previous checkpoint whole."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def _check_same(old: dict[str, Any], new: dict[str, Any], out: Path, finished: bool) -> None:

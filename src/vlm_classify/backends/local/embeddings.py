@@ -12,10 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import time
-import uuid
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,6 +26,7 @@ from PIL import Image
 from scipy.special import softmax
 
 from ...dataset.manifest import ManifestRow
+from ...files import atomic_open, write_text_atomic
 from . import common
 
 log = logging.getLogger(__name__)
@@ -117,14 +116,12 @@ class EmbeddingCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         name = hashlib.sha256("".join(shas).encode()).hexdigest()[:24]
         final = self.folder / f"{name}.npz"
-        tmp = self.folder / f".{name}.{uuid.uuid4().hex}.tmp"
-        with tmp.open("wb") as f:
+        with atomic_open(final, "wb") as f:
             np.savez(
                 f,
                 sha256=np.asarray(shas, dtype="U64"),
                 embedding=np.asarray(embeddings, np.float32),
             )
-        os.replace(tmp, final)
         return final
 
 
@@ -175,9 +172,7 @@ class Embedder:
         entry["images"] += images
         entry["seconds"] += seconds
         self.cache.folder.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{SPEED_JSON}.{uuid.uuid4().hex}.tmp")
-        tmp.write_text(json.dumps(record), encoding="utf-8")
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(record))
 
     def _speeds(self) -> dict[str, dict[str, float]]:
         try:

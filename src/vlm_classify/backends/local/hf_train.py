@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import random
 import shutil
 import time
@@ -30,6 +29,7 @@ import torch
 
 from ...dataset.manifest import ManifestRow
 from ...errors import UserError
+from ...files import fsync_tree, staged_into, write_text_atomic
 from ...training import Epoch, TrainOptions, TrainResult
 from . import common
 from .hf_model import (
@@ -229,8 +229,9 @@ class LoraTrainer:
                 on_epoch(e)
             if best is None or _better(e, curves[best - 1]):
                 best = epoch
-                if acc.is_main_process:
-                    acc.unwrap_model(model).save_pretrained(out)
+                if acc.is_main_process:  # staged beside `out`, each file renamed in whole
+                    with staged_into(out) as staging:
+                        acc.unwrap_model(model).save_pretrained(staging)
             done_steps, loss_sum, seconds = 0, 0.0, 0.0
             self._save_checkpoint(
                 out, model, optimizer, scheduler, fingerprint, curves, best, epoch + 1, 0, 0.0, 0.0
@@ -258,7 +259,7 @@ class LoraTrainer:
                 curves=curves,
                 details=details,
             )
-            _write_atomic(out / CARD, card.model_dump_json(indent=2))
+            write_text_atomic(out / CARD, card.model_dump_json(indent=2))
             shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
         acc.wait_for_everyone()
         return _result(curves, best, details, world)
@@ -361,6 +362,7 @@ class LoraTrainer:
                 "seconds": seconds,
             }
             (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")
+            fsync_tree(tmp)  # on disk before the rename makes it the checkpoint
             final = out / CHECKPOINT_DIR
             old = out / f".{CHECKPOINT_DIR}.old"
             shutil.rmtree(old, ignore_errors=True)
@@ -410,12 +412,6 @@ def _result(curves: list[Epoch], best: int, details: dict[str, Any], world: int)
         details=details,
         compute_s=round(world * sum(e.seconds or 0.0 for e in curves), 3),
     )
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 __all__ = ["LoraTrainer"]

@@ -7,9 +7,7 @@ encoder whose embeddings are cached can have one; `clip.make_trainer` builds it 
 from __future__ import annotations
 
 import json
-import os
 import time
-import uuid
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,6 +17,7 @@ import numpy as np
 
 from ...dataset.manifest import ManifestRow
 from ...errors import DataError, UserError
+from ...files import write_bytes_atomic
 from ...training import Epoch, TrainResult
 from . import common
 from .embeddings import Embedder, Head
@@ -192,7 +191,7 @@ class ProbeTrainer:
 
         out.mkdir(parents=True, exist_ok=True)
         tensors = {"weight": head.weight, "bias": head.bias}
-        _replace(
+        write_bytes_atomic(
             out / PROBE_WEIGHTS, save({k: np.ascontiguousarray(v) for k, v in tensors.items()})
         )
         meta = {
@@ -208,7 +207,7 @@ class ProbeTrainer:
             "input": "the base model's L2-normalised image embedding x",
             "output": "softmax(x @ weight.T + bias)",
         }
-        _replace(out / PROBE_JSON, (json.dumps(meta, indent=2) + "\n").encode())
+        write_bytes_atomic(out / PROBE_JSON, (json.dumps(meta, indent=2) + "\n").encode())
 
     def gpu_peak_mb(self) -> float | None:
         return common.gpu_peak_mb(self.encoder.device)
@@ -224,12 +223,6 @@ def _better(a: Epoch, b: Epoch) -> bool:
         b.val_accuracy or 0.0,
         -(b.val_loss or 0.0),
     )
-
-
-def _replace(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 __all__ = [

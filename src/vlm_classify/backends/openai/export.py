@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field
 from ... import __version__
 from ...dataset.manifest import ManifestRow, read_labels, read_manifest
 from ...errors import DataError, UserError
+from ...files import fsync_tree
 from ...models import OPENAI_PROVIDERS, parse_model
 from ...prompts import PromptStyle, system_prompt
 from .wire import (
@@ -412,6 +413,7 @@ def _replace_outputs(staging: Path, out_dir: Path, names: list[str]) -> None:
     ):
         if old.name not in names:
             old.unlink()
+    fsync_tree(staging)  # on disk before the renames make them the outputs
     for name in [*names, EXPORT_JSON]:
         (staging / name).replace(out_dir / name)
 

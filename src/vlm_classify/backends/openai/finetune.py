@@ -26,6 +26,7 @@ import openai
 from ...arms import FINETUNE_JSON, arm_dir, check_arm_name, read_job, write_job
 from ...dataset.manifest import load_sample
 from ...errors import FatalError, TransientError, UserError
+from ...files import write_bytes_atomic
 from ...prompts import PromptStyle
 from ...store import Store
 from .chat import make_client, parse_openai_model, translate_error
@@ -163,7 +164,7 @@ class _Session:
             record = _record(job, self.provider, self.options, self.out)
             if job.status == "succeeded" and job.result_files:
                 content = await self.client.files.content(job.result_files[0])
-                (self.out / RESULTS_CSV).write_bytes(_decode_results(content))
+                write_bytes_atomic(self.out / RESULTS_CSV, _decode_results(content))
                 record["results_csv"] = RESULTS_CSV
             record["emulated"] = await _emulated(self.client)
             write_job(self.out, record)
