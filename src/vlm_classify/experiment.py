@@ -43,7 +43,9 @@ class DatasetSpec(_Strict):
     sampling: Literal["first", "random"] = "first"
     seed: int = Field(42, ge=0)
     max_side: int = Field(512, ge=16)
-    strict: bool = False
+    strict: bool = True
+    """A class with fewer usable images than the split needs stops the run, before anything is
+    uploaded (false: keep what it has, filling test first, with a warning)."""
     classes: int | None = Field(None, ge=2)
     """`generated` only: how many breeds."""
     images_per_class: int | None = Field(None, ge=1)

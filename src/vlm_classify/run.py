@@ -26,6 +26,7 @@ from .backends import registry
 from .backends.base import LocalSettings
 from .errors import UserError
 from .experiment import ArmSpec, Experiment, load_experiment
+from .files import write_text_atomic
 
 STATE = "run.json"
 SOURCE = "source"
@@ -106,14 +107,7 @@ class State:
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.path, json.dumps({"version": 1, "steps": self.steps}, indent=2))
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write then rename: a crash never leaves a half-written file that a rerun would trust."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+        write_text_atomic(self.path, json.dumps({"version": 1, "steps": self.steps}, indent=2))
 
 
 def _digest(value: Any) -> str:
@@ -162,7 +156,7 @@ class Runner:
     # --- the plan ------------------------------------------------------------------------------
 
     def steps(self) -> list[str]:
-        names = ["prepare"]
+        names = ["prepare", *(["estimate"] if self._priced_arms() else [])]
         for arm in self.exp.arm:
             if arm.finetune is not None:
                 names.append(f"finetune:{arm.name}")
@@ -223,6 +217,8 @@ class Runner:
         with emulator or contextlib.nullcontext():
             if self.dry_run:
                 self._estimate()
+            elif self._priced_arms():
+                self._step("estimate", self._estimate_inputs(sample), lambda _r: self._estimate())
             for arm in self.exp.arm:
                 if arm.finetune is not None:
                     self._finetune(arm, sample)
@@ -337,12 +333,20 @@ class Runner:
             count = d.images_per_class or options.count
             self.ui.status(f"generating {d.classes or 10} classes x {count} images in {source}")
             make_sample(Path(source), classes=d.classes or 10, per_class=count)
-        result = prepare(
-            source,
-            self.out,
-            options,
-            progress=lambda phase, done, total: self.ui.progress(f"prepare ({phase})", done, total),
-        )
+        try:
+            result = prepare(
+                source,
+                self.out,
+                options,
+                progress=lambda phase, done, total: self.ui.progress(
+                    f"prepare ({phase})", done, total
+                ),
+            )
+        except UserError as e:  # prepare names its command-line flags: name the file's keys
+            text = str(e).replace(
+                "lower --split or drop --strict", "lower [dataset] split or set strict = false"
+            )
+            raise UserError(f"[dataset] {text}") from None
         for w in result.warnings:
             self.ui.status(f"warning: {w}")
         sample = load_sample(self.out)
@@ -391,18 +395,34 @@ class Runner:
 
     # --- estimate ----------------------------------------------------------------------------
 
-    def _estimate(self) -> None:
-        """The cost of the cloud arms (a dry run's), from the prepared sample."""
+    def _priced_arms(self) -> list[tuple[ArmSpec, str]]:
+        """The cloud arms the shipped prices can estimate, with their base model."""
+        out = []
+        for arm in self.exp.arm:
+            base = arm.finetune.base if arm.finetune else arm.model
+            assert base is not None
+            if registry.parse(base)[1].kind == "remote" and not base.partition("/")[2].startswith(
+                "ft:"
+            ):
+                out.append((arm, base))
+        return out
+
+    def _estimate_inputs(self, sample: dict[str, Any] | None) -> dict[str, Any] | None:
+        if sample is None:
+            return None
+        arms = [a.model_dump(mode="json", by_alias=True) for a, _ in self._priced_arms()]
+        return {"sample": sample["sample"], "arms": arms}
+
+    def _estimate(self) -> dict[str, Any]:
+        """What the cloud arms will cost, from the prepared sample and the shipped prices: said
+        before anything is spent (the `estimate` step; a dry run's figures)."""
         from .estimate import EstimateOptions, estimate
 
         if not (self.out / "manifest.csv").is_file():
             self.ui.status("cost estimate: after prepare (it costs nothing: --only prepare)")
-            return
-        for arm in self.exp.arm:
-            base = arm.finetune.base if arm.finetune else arm.model
-            assert base is not None
-            if registry.parse(base)[1].kind != "remote" or base.partition("/")[2].startswith("ft:"):
-                continue
+            return {}
+        usd: dict[str, float] = {}
+        for arm, base in self._priced_arms():
             try:
                 est = estimate(
                     self.out,
@@ -416,9 +436,11 @@ class Runner:
             except UserError as e:
                 self.ui.status(f"{arm.name}: no estimate ({e})")
                 continue
-            line, usd = _estimate_line(est, arm)
-            self.result.estimate.append({"arm": arm.name, "usd": usd, **est.to_json()})
+            line, dollars = _estimate_line(est, arm)
+            usd[arm.name] = round(dollars, 4)
+            self.result.estimate.append({"arm": arm.name, "usd": dollars, **est.to_json()})
             self.ui.status(f"{arm.name}: {line}")
+        return {"usd": usd}
 
     # --- fine-tunes and deployments --------------------------------------------------------
 
@@ -756,4 +778,4 @@ def _estimate_line(est: Any, arm: ArmSpec) -> tuple[str, float]:
     return f"about ${total:,.2f}: " + ", ".join(parts) + f" ({est.price_key} prices)", total
 
 
-__all__ = ["RunResult", "RunUI", "SilentUI", "State", "run_experiment", "write_atomic"]
+__all__ = ["RunResult", "RunUI", "SilentUI", "State", "resolve_out", "run_experiment"]
