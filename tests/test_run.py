@@ -454,3 +454,20 @@ def test_kill_9_in_any_step_then_the_same_command_completes(tmp_path: Path, step
         totals = json.loads((out / "arms" / arm / "arm.json").read_text())["totals"]
         assert totals["answered"] == 9 and totals["errors"] == 0
     assert (out / "report" / "report.html").is_file()
+
+
+def test_a_dataset_prepared_again_reruns_everything_on_the_new_sample(tmp_path: Path) -> None:
+    path, out = write(tmp_path), tmp_path / "out"
+    first, _ = run(path, out)
+    old_job = json.loads((out / "run.json").read_text())["steps"]["finetune:ft"]["outputs"]["job"]
+    changed = EXPERIMENT.replace("split = [5, 1, 3]", 'split = [5, 1, 3]\nsampling = "random"')
+    second, ui = run(write(tmp_path, changed), out)
+    assert second.ran == STEPS  # every step depends on the sample
+    why = {s: w for s, a, w in ui.lines if a == "run"}
+    assert why["prepare"] == "changed: dataset.sampling"
+    assert why["classify:base"] == "changed: sample"
+    state = json.loads((out / "run.json").read_text())["steps"]
+    assert state["finetune:ft"]["outputs"]["job"] != old_job  # a new job: not the old sample's
+    assert (out / "arms" / old_job / "finetune.json").is_file()  # the old one is kept
+    metrics = json.loads((out / "report" / "metrics.json").read_text())
+    assert metrics["dataset"]["compared_items"] == 9

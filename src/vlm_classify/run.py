@@ -449,8 +449,9 @@ class Runner:
         assert spec is not None
         settings = spec.model_dump(mode="json", by_alias=True)
         inputs = None if sample is None else {"finetune": settings, "sample": sample["sample"]}
-        job = f"{arm.name}-ft-{_digest(settings)}"
-        """Its own arm, named by its settings: other settings are another job, never this one."""
+        job = f"{arm.name}-ft-{_digest(inputs)}"
+        """Its own arm, named by its settings and sample: other settings (or a sample prepared
+        again) are another job, never this one."""
         kind = registry.parse(spec.base)[1].kind
 
         def go(_rerun: bool) -> dict[str, Any]:
