@@ -47,6 +47,9 @@ class TrainOptions(BaseModel):
     """Images per step (None: the provider's default)."""
     lr: float | None = Field(None, gt=0)
     """Learning rate (None: the provider's default)."""
+    shots: int | None = Field(None, ge=1)
+    """Train on this many images per class only (a nested, seeded subset: `curve.nested_subset`);
+    None: the whole train split."""
     lora_rank: int | None = Field(None, ge=1, le=1024)
     """`hf/`: the LoRA adapter's rank (None: the provider's default, 16)."""
     seed: int = 42
@@ -149,8 +152,9 @@ def train_local(
     out = arm_dir(prepared_dir, options.name)
     previous = read_job(out)
     hyper = options.model_dump(exclude={"model", "name", "local"})
-    if hyper.get("lora_rank") is None:  # only hf/ has it: older records lack the key
-        hyper.pop("lora_rank", None)
+    for key in ("lora_rank", "shots"):  # set by few jobs: older records lack the keys
+        if hyper.get(key) is None:
+            hyper.pop(key, None)
     if previous and (
         previous.get("base_model") != str(ref) or previous.get("hyperparameters") != hyper
     ):
@@ -163,7 +167,13 @@ def train_local(
             f"arm {options.name!r} trained on another sample of {prepared_dir} (prepared again "
             "since): train again with another --name"
         )
+    if previous.get("status") == "succeeded" and (out / MODEL_DIR).is_dir():
+        return previous  # trained already, with these settings on this sample: nothing to redo
     train, val = sample.split("train"), sample.split("val")
+    if options.shots is not None:
+        from .curve import nested_subset
+
+        train = nested_subset(train, options.shots, options.seed)
     module = provider.load()
     trainer: LocalTrainer = module.make_trainer(ref, sample.labels, prepared_dir, options)
     out.mkdir(parents=True, exist_ok=True)

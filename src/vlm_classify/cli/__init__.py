@@ -49,6 +49,7 @@ def _own_records(record: logging.LogRecord) -> bool:
 
 def _register() -> None:
     from .classify import classify_cmd
+    from .curve import curve_cmd
     from .emulator import emulator_cmd
     from .estimate import estimate_cmd
     from .export import export_cmd
@@ -66,6 +67,7 @@ def _register() -> None:
         estimate_cmd,
         classify_cmd,
         finetune_cmd,
+        curve_cmd,
         deploy_cmd,
         latency_cmd,
         report_cmd,

@@ -70,6 +70,8 @@ class ExportOptions(BaseModel):
     """Sampling temperature of each Batch request."""
     logprobs: bool = True
     """Ask the Batch requests for token log probabilities (a confidence signal), as `classify` does."""
+    train_ids: frozenset[str] | None = None
+    """Only these train items in the fine-tuning file (a learning curve's subset); None: all."""
 
 
 class ExportLimits(BaseModel):
@@ -217,6 +219,12 @@ def export(
     _check_rows(rows, labels)
     by_split: dict[str, list[_Item]] = {"train": [], "val": [], "test": []}
     for row in rows:
+        if (
+            row.split == "train"
+            and options.train_ids is not None
+            and row.id not in options.train_ids
+        ):
+            continue
         by_split[row.split].append(_inspect(prepared_dir, row, limits))
 
     plans: list[_Plan] = []

@@ -58,6 +58,8 @@ class FinetuneOptions(BaseModel):
     follow_only: bool = False
     """Only re-attach to this arm's job; never create one."""
     poll_s: float = Field(10.0, gt=0)
+    shots: int | None = Field(None, ge=1)
+    """Train on this many images per class only (a learning curve's nested, seeded subset)."""
 
     def hyperparameters(self) -> dict[str, Any]:
         return {
@@ -205,10 +207,20 @@ class _Session:
     def _export(self) -> ExportResult:
         """Validate and write train/val locally (the limits are checked before any upload)."""
         o = self.options
+        train_ids = None
+        if o.shots is not None:
+            from ...curve import nested_subset
+
+            train = load_sample(self.prepared_dir).split("train")
+            train_ids = frozenset(r.id for r in nested_subset(train, o.shots, o.seed or 0))
         result = export(
             self.prepared_dir,
             ExportOptions(
-                model=o.model, prompt=o.prompt, training_prompt=o.prompt, detail=o.detail
+                model=o.model,
+                prompt=o.prompt,
+                training_prompt=o.prompt,
+                detail=o.detail,
+                train_ids=train_ids,
             ),
         )
         for w in result.warnings:
@@ -362,6 +374,7 @@ def _record(job: Any, provider: str, options: FinetuneOptions, out: Path) -> dic
         "hyperparameters": hyper,
         "seed": job.seed,
         "suffix": options.suffix,
+        "shots": options.shots,
         "prompt": options.prompt,
         "detail": options.detail,
         "training_file": job.training_file,
