@@ -471,3 +471,43 @@ def test_a_dataset_prepared_again_reruns_everything_on_the_new_sample(tmp_path: 
     assert (out / "arms" / old_job / "finetune.json").is_file()  # the old one is kept
     metrics = json.loads((out / "report" / "metrics.json").read_text())
     assert metrics["dataset"]["compared_items"] == 9
+
+
+def test_a_cloud_curve_without_yes_is_one_line_before_anything(tmp_path: Path, capsys) -> None:
+    text = EXPERIMENT + '\n[curve]\nmodel = "openai/gpt-4o-2024-08-06"\nshots = [1, 2]\n'
+    code, _, err = run_cli(
+        ["run", str(write(tmp_path, text)), "--out", str(tmp_path / "o")], capsys
+    )
+    assert code == 1 and "add yes = true to [curve]" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_local_curve_runs_as_a_step(tmp_path: Path) -> None:
+    pytest.importorskip("open_clip")
+    from local_support import write_open_clip_dir
+
+    clip = write_open_clip_dir(tmp_path / "clip")
+    text = f"""
+[dataset]
+source = "generated"
+classes = 3
+split = [4, 1, 2]
+
+[[arm]]
+name = "clip-zs"
+model = "clip/{clip}"
+device = "cpu"
+
+[curve]
+model = "clip/{clip}"
+name = "probe"
+shots = [1, 2, "all"]
+device = "cpu"
+"""
+    result, ui = run(write(tmp_path, text), tmp_path / "out")
+    assert result.ran == ["prepare", "classify:clip-zs", "curve", "report"]
+    doc = json.loads((tmp_path / "out" / "curves" / "probe" / "curve.json").read_text())
+    assert [p["shots"] for p in doc["points"]] == [1, 2, 4]
+    assert any(m.startswith("curve probe: ") for m in ui.messages)
+    again, _ = run(write(tmp_path, text), tmp_path / "out")
+    assert again.ran == []

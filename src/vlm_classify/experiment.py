@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from .arms import check_arm_name
 from .backends.base import LocalAnswer
 from .backends.openai.wire import AnswerMode, Detail
+from .curve import DEFAULT_SHOTS
 from .errors import UserError
 from .prompts import PromptStyle
 
@@ -141,6 +142,27 @@ class LatencySpec(_Strict):
     concurrency: list[int] = Field(default_factory=lambda: [1, 4, 16])
 
 
+class CurveSpec(_Strict):
+    """`[curve]`: a learning curve (see `vlm-classify curve`), after the arms."""
+
+    model: str
+    name: str = "curve"
+    shots: list[int | Literal["all"]] = Field(default_factory=lambda: list(DEFAULT_SHOTS))
+    seed: int = 42
+    epochs: int | None = Field(None, ge=1)
+    batch_size: int | None = Field(None, ge=1)
+    lr: float | None = Field(None, gt=0)
+    lora_rank: int | None = Field(None, ge=1)
+    lr_multiplier: float | None = Field(None, gt=0)
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    offline: bool = False
+    cpu_price_per_hour: float | None = Field(None, ge=0)
+    gpu_price_per_hour: float | None = Field(None, ge=0)
+    yes: bool = False
+    """A curve through the fine-tuning API costs money: it runs only with `yes = true` (see its
+    cost with `--dry-run`)."""
+
+
 class ReportSpec(_Strict):
     """`[report]`: how the decision report compares and prices the arms."""
 
@@ -174,6 +196,7 @@ class Experiment(_Strict):
     dataset: DatasetSpec
     arm: list[ArmSpec] = Field(min_length=1)
     latency: LatencySpec | None = None
+    curve: CurveSpec | None = None
     report: ReportSpec = Field(default_factory=ReportSpec)
     emulator: EmulatorSpec | None = None
 

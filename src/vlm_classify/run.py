@@ -164,6 +164,7 @@ class Runner:
                     names.append(f"deploy:{arm.name}")
         names += [f"classify:{a.name}" for a in self.exp.arm]
         names += [f"latency:{a}" for a in (self.exp.latency.arms if self.exp.latency else [])]
+        names += ["curve"] if self.exp.curve is not None else []
         return [*names, "report"]
 
     def check_only(self) -> None:
@@ -191,8 +192,10 @@ class Runner:
             direct.add(f"finetune:{arm}")
         if kind in ("classify", "latency"):
             direct |= {s for s in (f"finetune:{arm}", f"deploy:{arm}") if s in steps}
+        if kind == "curve":
+            direct.add("prepare")
         if kind == "report":
-            direct |= {s for s in steps if s.startswith(("classify:", "latency:"))}
+            direct |= {s for s in steps if s.startswith(("classify:", "latency:", "curve"))}
         out = set(direct)
         for s in direct:
             out |= self.needs(s)
@@ -229,6 +232,8 @@ class Runner:
                 self._classify(arm, sample)
             for name in self.exp.latency.arms if self.exp.latency else []:
                 self._latency(name, sample)
+            if self.exp.curve is not None:
+                self._curve(sample)
             self._report(sample)
         return self.result
 
@@ -299,6 +304,17 @@ class Runner:
                     provider.load()  # the one line naming the extra
                 if provider.kind == "remote" and self.exp.emulator is None:
                     make_client(ref)  # a missing key or endpoint: one line, now
+        curve = self.exp.curve
+        if curve is not None:
+            ref, provider = registry.parse(curve.model)
+            if provider.kind == "remote" and not curve.yes:
+                raise UserError(
+                    f"[curve] fine-tunes {curve.model} through the API at each of "
+                    f"{len(curve.shots)} sizes, which costs money: add yes = true to [curve] "
+                    "(see the cost first with --dry-run and `vlm-classify curve ... ` without --yes)"
+                )
+            if provider.kind == "remote" and self.exp.emulator is None:
+                make_client(ref)
 
     # --- prepare -----------------------------------------------------------------------------
 
@@ -679,6 +695,36 @@ class Runner:
             return {"levels": len(result.levels), "emulated": result.emulated}
 
         self._step(f"latency:{name}", inputs, go)
+
+    def _curve_options(self) -> Any:
+        from .curve import CurveOptions
+
+        spec = self.exp.curve
+        assert spec is not None
+        local = LocalSettings.model_validate(
+            spec.model_dump(
+                include={"device", "offline", "cpu_price_per_hour", "gpu_price_per_hour"}
+            )
+        )
+        fields = spec.model_dump(exclude={"device", "offline", "cpu_price_per_hour",
+                                          "gpu_price_per_hour"})  # fmt: skip
+        return CurveOptions(**fields, local=local)
+
+    def _curve(self, sample: dict[str, Any] | None) -> None:
+        from .curve import run_curve
+
+        spec = self.exp.curve
+        assert spec is not None
+        inputs = None
+        if sample is not None:
+            inputs = {"curve": spec.model_dump(mode="json"), "sample": sample["sample"]}
+
+        def go(_rerun: bool) -> dict[str, Any]:
+            result = run_curve(self.out, self._curve_options(), on_status=self.ui.status)
+            self.ui.status(f"curve {spec.name}: {result.summary}")
+            return {"summary": result.summary, "points": len(result.points)}
+
+        self._step("curve", inputs, go)
 
     def _report(self, sample: dict[str, Any] | None) -> None:
         from .report.build import ReportOptions, build_report
