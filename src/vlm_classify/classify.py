@@ -7,8 +7,9 @@ import asyncio
 import contextlib
 import json
 import platform
+import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal, cast
 from urllib.parse import urlsplit
@@ -39,10 +40,26 @@ from .errors import UserError
 from .models import ModelRef, is_fine_tuned_name
 from .prompts import PromptStyle
 from .runner import Progress, RunnerConfig, RunSummary, peak_rss_mb, run_items, run_local
+from .sequential import Interval, stopping_time
 from .store import Store
 from .training import ARM_PREFIX, model_files_identity
 
 Mode = Literal["realtime", "batch"]
+
+
+class UntilDecided(BaseModel):
+    """`--until-decided --against ARM`: answer the split in a seeded random order and stop once
+    an anytime-valid confidence sequence for the paired accuracy difference decides
+    (`sequential.py`)."""
+
+    against: str
+    """The arm compared with: it must already have answered the split."""
+    margin: float = Field(0.0, ge=0, lt=1)
+    """Also stop when the whole interval lies within +-margin: no difference that matters."""
+    alpha: float = Field(0.05, gt=0, lt=1)
+    """The chance, over the whole run, that the interval ever misses the true difference."""
+    seed: int = 0
+    """Seed of the order the items are asked in."""
 
 
 class ClassifyOptions(BaseModel):
@@ -71,6 +88,8 @@ class ClassifyOptions(BaseModel):
     """Seconds between Batch status checks."""
     local: LocalSettings = Field(default_factory=LocalSettings)
     """How a local model (`clip/`, `cnn/`) runs: device, batch size, offline."""
+    until_decided: UntilDecided | None = None
+    """Stop once the comparison with another arm is decided (None: answer every item)."""
 
     def chat_settings(self) -> ChatSettings:
         return ChatSettings(
@@ -111,6 +130,8 @@ class ClassifyResult(BaseModel):
     emulated: bool
     compute: dict[str, Any] | None = None
     """A local model's device, images per second and memory (None for a chat model)."""
+    until_decided: dict[str, Any] | None = None
+    """Where an `--until-decided` run stopped, and why."""
 
 
 def classify(
@@ -123,6 +144,14 @@ def classify(
     prepared_dir = Path(prepared_dir)
     check_arm_name(options.name)
     ref, provider = registry.parse(options.model)
+    if options.until_decided is not None:
+        if options.until_decided.against == options.name:
+            raise UserError("--against names the arm itself: compare with another arm")
+        if options.mode == "batch" and provider.kind == "remote":
+            raise UserError(
+                "--until-decided asks item by item and checks as it goes: the Batch API answers "
+                "all at once; drop --mode batch"
+            )
     if provider.kind == "local" and options.mode == "batch":
         raise UserError(
             f"--mode batch is the Batch API of openai/ and azure/ models: {ref.provider}/ models "
@@ -165,6 +194,7 @@ def classify(
         store.upsert_arm(options.name, str(ref), mode, settings, sample.identity)
         if options.retry_failed:
             store.forget(options.name, store.failed_ids(options.name))
+        seq = _Sequence(store, options, items) if options.until_decided else None
         extra: dict[str, Any] = {"versions": _versions()}
         if backend is not None:
             summary, compute = _run_local(
@@ -174,6 +204,7 @@ def classify(
                 options,
                 _previous_compute(prepared_dir, options.name),
                 on_progress,
+                seq,
             )
             extra["compute"] = compute
             emulated = False
@@ -189,6 +220,7 @@ def classify(
                 fine_tune,
                 on_progress,
                 on_status,
+                seq,
             )
             extra["runner"] = options.runner.model_dump()
             extra["versions"]["openai"] = openai.__version__
@@ -211,6 +243,8 @@ def classify(
             "emulated": emulated,
             "last_run": last_run,
         }
+        if seq is not None:
+            extra["until_decided"] = seq.result
         if fine_tune is not None:
             keys = ("job_arm", "job_id", "base_model", "trained_tokens", "emulated")
             extra["fine_tune"] = {k: fine_tune.get(k) for k in keys}
@@ -221,6 +255,7 @@ def classify(
         summary=last_run,
         emulated=emulated,
         compute=extra.get("compute"),
+        until_decided=extra.get("until_decided"),
     )
 
 
@@ -278,6 +313,7 @@ def _run_remote(
     fine_tune: dict[str, Any] | None,
     on_progress: Callable[[Progress], None] | None,
     on_status: Callable[[str], None] | None,
+    seq: _Sequence | None = None,
 ) -> tuple[RunSummary, bool]:
     """A chat model over the items, realtime or through the Batch API; and whether the emulator
     answered."""
@@ -290,7 +326,7 @@ def _run_remote(
             run_batch(backend, items, store, options.name, settings, on_progress, on_status)
         )
     else:
-        summary = asyncio.run(_realtime(backend, items, store, options, on_progress))
+        summary = asyncio.run(_realtime(backend, items, store, options, on_progress, seq))
     emulated = backend.emulated or _previously_emulated(arm_dir(prepared_dir, options.name))
     return summary, emulated
 
@@ -302,6 +338,7 @@ def _run_local(
     options: ClassifyOptions,
     previous: dict[str, Any],
     on_progress: Callable[[Progress], None] | None,
+    seq: _Sequence | None = None,
 ) -> tuple[RunSummary, dict[str, Any]]:
     """A local model over the items in batches; and what it ran on and how fast.
 
@@ -309,7 +346,19 @@ def _run_local(
     embedding cache) says what its images took to compute; otherwise the time spent classifying
     this run's batches. A rerun with nothing to do keeps the speed and price recorded before.
     """
-    summary = run_local(backend, items, store, options.name, options.local.batch_size, on_progress)
+    if seq is None:
+        summary = run_local(
+            backend, items, store, options.name, options.local.batch_size, on_progress
+        )
+    else:
+        summary = _empty_summary()
+        for chunk in seq.chunks(options.local.batch_size):
+            part = run_local(
+                backend, chunk, store, options.name, options.local.batch_size,
+                seq.progress(on_progress),
+            )  # fmt: skip
+            summary = _add(summary, part)
+        seq.finish()
     speed = backend.speed() if hasattr(backend, "speed") else None
     if speed is None and summary.completed and summary.busy_s:
         speed = (summary.completed, summary.busy_s)
@@ -420,20 +469,136 @@ async def _realtime(
     store: Store,
     options: ClassifyOptions,
     on_progress: Callable[[Progress], None] | None,
+    seq: _Sequence | None = None,
 ) -> RunSummary:
     try:
-        return await run_items(
-            backend,
-            items,
-            store,
-            options.name,
-            "realtime",
-            options.runner,
-            on_progress,
-            token_estimate=backend.estimate_tokens,
-        )
+        if seq is None:
+            return await run_items(
+                backend,
+                items,
+                store,
+                options.name,
+                "realtime",
+                options.runner,
+                on_progress,
+                token_estimate=backend.estimate_tokens,
+            )
+        summary = _empty_summary()
+        for chunk in seq.chunks(max(options.runner.concurrency, 1)):
+            part = await run_items(
+                backend,
+                chunk,
+                store,
+                options.name,
+                "realtime",
+                options.runner,
+                seq.progress(on_progress),
+                token_estimate=backend.estimate_tokens,
+                reached=summary.completed > 0,
+            )
+            summary = _add(summary, part)
+        seq.finish()
+        return summary
     finally:
         await backend.aclose()
+
+
+class _Sequence:
+    """The items of an `--until-decided` run in their seeded order, a chunk at a time until the
+    confidence sequence against the other arm decides; its record goes to arm.json."""
+
+    def __init__(self, store: Store, options: ClassifyOptions, items: list[ManifestRow]) -> None:
+        spec = options.until_decided
+        assert spec is not None
+        self.store, self.name, self.spec = store, options.name, spec
+        other = store.predictions(spec.against) if store.arm(spec.against) else []
+        self.against = {p.item_id: p.correct for p in other if p.result.error is None}
+        by_id = {it.id: it for it in items if it.id in self.against}
+        if not by_id:
+            raise UserError(
+                f"--against {spec.against}: that arm has no answers for these items; classify "
+                "it on the same split first"
+            )
+        ids = sorted(by_id)
+        random.Random(spec.seed).shuffle(ids)
+        self.order = [by_id[i] for i in ids]
+        self.skipped_unpaired = len(items) - len(self.order)
+        self.result: dict[str, Any] = {}
+        self.done_before = 0
+
+    def state(self) -> tuple[int, str | None, Interval | None, int]:
+        """(pairs used, decision, interval, items answered) over the answered prefix."""
+        mine = {p.item_id: p for p in self.store.predictions(self.name)}
+        diffs: list[int] = []
+        answered = 0
+        for it in self.order:
+            p = mine.get(it.id)
+            if p is None:
+                break
+            answered += 1
+            if p.result.error is None:
+                diffs.append(int(p.correct) - int(self.against[it.id]))
+        t, decision, interval = stopping_time(diffs, self.spec.alpha, self.spec.margin)
+        return t, decision, interval, answered
+
+    def chunks(self, size: int) -> Iterator[list[ManifestRow]]:
+        while True:
+            _, decision, _, answered = self.state()
+            self.done_before = answered
+            if decision or answered >= len(self.order):
+                return
+            yield self.order[answered : answered + size]
+
+    def progress(
+        self, on_progress: Callable[[Progress], None] | None
+    ) -> Callable[[Progress], None] | None:
+        if on_progress is None:
+            return None
+        base, total = self.done_before, len(self.order)
+
+        def shifted(p: Progress) -> None:
+            on_progress(Progress(total, base + p.done - p.skipped, p.errors, p.retries, base))
+
+        return shifted
+
+    def finish(self) -> None:
+        t, decision, interval, answered = self.state()
+        self.result = {
+            "against": self.spec.against,
+            "alpha": self.spec.alpha,
+            "margin": self.spec.margin,
+            "seed": self.spec.seed,
+            "method": "predictable plug-in empirical-Bernstein confidence sequence "
+            "(Waudby-Smith & Ramdas, JRSSB 2024, Theorem 2) on the paired differences",
+            "items": len(self.order),
+            "answered": answered,
+            "needed": t if decision else None,
+            "unasked": len(self.order) - answered,
+            "decision": decision,
+            "interval": None if interval is None else [interval.low, interval.high],
+            "estimate": None if interval is None else interval.estimate,
+            "unpaired_items": self.skipped_unpaired,
+        }
+
+
+def _empty_summary() -> RunSummary:
+    return RunSummary(requested=0, completed=0, errors=0, retries=0, skipped=0, wall_s=0.0)
+
+
+def _add(a: RunSummary, b: RunSummary) -> RunSummary:
+    kinds = dict(a.error_kinds)
+    for k, v in b.error_kinds.items():
+        kinds[k] = kinds.get(k, 0) + v
+    return RunSummary(
+        requested=a.requested + b.requested,
+        completed=a.completed + b.completed,
+        errors=a.errors + b.errors,
+        retries=a.retries + b.retries,
+        skipped=a.skipped + b.skipped,
+        wall_s=a.wall_s + b.wall_s,
+        error_kinds=kinds,
+        busy_s=(a.busy_s or 0.0) + (b.busy_s or 0.0) if b.busy_s is not None else a.busy_s,
+    )
 
 
 __all__ = ["ClassifyOptions", "ClassifyResult", "arm_dir", "classify"]

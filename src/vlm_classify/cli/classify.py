@@ -152,6 +152,28 @@ def refuse_options_that_do_not_apply(model: str) -> None:
     help="Discard this arm's recorded answers first (needed when DIR was prepared again, or to "
     "change its model or settings under the same --name).",
 )
+@click.option(
+    "--until-decided",
+    is_flag=True,
+    help="Answer the split in a seeded random order and stop once the comparison with --against "
+    "is decided (an anytime-valid confidence sequence excludes 0, or lies within --margin).",
+)
+@click.option("--against", help="With --until-decided: the arm compared with (already run).")
+@click.option(
+    "--margin",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 1, max_open=True),
+    help="With --until-decided: also stop when the difference is surely within +-margin.",
+)
+@click.option(
+    "--alpha",
+    default=0.05,
+    show_default=True,
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    help="With --until-decided: the chance the interval ever misses the true difference.",
+)
+@click.option("--order-seed", default=0, show_default=True, type=int, help="With --until-decided.")
 @poll_option("Batch")
 @click.option(
     "--batch-size",
@@ -188,6 +210,11 @@ def classify_cmd(
     max_attempts: int,
     retry_failed: bool,
     reset: bool,
+    until_decided: bool,
+    against: str | None,
+    margin: float,
+    alpha: float,
+    order_seed: int,
     poll_s: float,
     batch_size: int,
     templates: Path | None,
@@ -219,8 +246,18 @@ def classify_cmd(
             f"--answer enum is structured output of a chat API: {model} scores every label "
             "(--answer score, the default) or generates text (--answer text)"
         )
+    if until_decided != (against is not None):
+        raise UserError("--until-decided and --against go together: --until-decided --against ARM")
     options = ClassifyOptions.model_validate(
         {
+            "until_decided": {
+                "against": against,
+                "margin": margin,
+                "alpha": alpha,
+                "seed": order_seed,
+            }
+            if until_decided
+            else None,
             "model": model,
             "name": name,
             "split": split,
@@ -318,6 +355,20 @@ def classify_cmd(
         out_console.print(
             f"  {result.summary['skipped_already_done']} items were already done and not requested again"
         )
+    seq = result.until_decided
+    if seq:
+        if seq["decision"]:
+            lo, hi = seq["interval"]
+            out_console.print(
+                f"  decided after {seq['needed']} of {seq['items']} items: {seq['decision']} than "
+                f"{seq['against']} ({100 * lo:+.1f} to {100 * hi:+.1f} pp, anytime-valid "
+                f"{1 - seq['alpha']:.0%}); {seq['unasked']} items not asked"
+            )
+        else:
+            out_console.print(
+                f"  not decided: all {seq['items']} items answered (the difference is too close "
+                "to 0 for this split)"
+            )
     out_console.print(f"  {result.arm_dir / 'predictions.csv'}")
     out_console.print(f"  {result.arm_dir / 'arm.json'}")
     if t["errors"]:
