@@ -54,6 +54,7 @@ bench: $(VENV)/.installed-local
 	$(BIN)/python benchmarks/bench_classify_kill.py
 	$(BIN)/python benchmarks/bench_classify_secrets.py
 	$(BIN)/python benchmarks/bench_hf.py
+	$(BIN)/python benchmarks/bench_until_decided.py
 	$(BIN)/python benchmarks/bench_paired_coverage.py
 
 clean:
