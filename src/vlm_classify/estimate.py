@@ -6,6 +6,7 @@ price table with `pricing.cost_usd`; nothing touches the network.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +23,13 @@ from .backends.openai.wire import (
     finetune_line,
 )
 from .dataset.manifest import ManifestRow, read_labels, read_manifest
-from .pricing import PriceEntry, cost_usd, load_pricing, training_cost_usd
+from .pricing import (
+    PriceEntry,
+    cost_usd,
+    lifecycle_warnings,
+    load_pricing,
+    training_cost_usd,
+)
 from .prompts import PromptStyle, answer_schema, system_prompt
 
 FINETUNED_ANSWER: AnswerMode = "text"
@@ -54,6 +61,9 @@ class EstimateOptions(BaseModel):
     `text` = the bare label."""
     pricing: Path | None = None
     """A user price file that extends or overrides the shipped table."""
+    months: float = Field(default=12, ge=1, allow_inf_nan=False)
+    """Months over which the report spreads training: a retirement date within them is
+    warned of (`lifecycle`)."""
 
     @property
     def ft_prompt(self) -> PromptStyle:
@@ -118,6 +128,9 @@ class Estimate(BaseModel):
     """The fine-tuned model on the test set, realtime (None: no fine-tuned price)."""
     hosting: HostingItem
     assumptions: list[str]
+    lifecycle: list[str] = Field(default_factory=list)
+    """Retirement warnings: a lifecycle date of the model that is past or within
+    `options.months` (one line each, with its source)."""
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict: `{"training": {"tokens": ..., "cost_usd": ...}, "batch": ...}`."""
@@ -136,6 +149,7 @@ class Estimate(BaseModel):
             "finetuned": item(self.finetuned),
             "hosting": self.hosting.model_dump(mode="json"),
             "assumptions": list(self.assumptions),
+            "lifecycle": list(self.lifecycle),
         }
 
 
@@ -166,9 +180,13 @@ def _inference(
     return prompt * len(rows) + images, output
 
 
-def estimate(prepared_dir: Path, options: EstimateOptions) -> Estimate:
-    """Estimate tokens and dollars for the dataset in `prepared_dir` under `options`."""
-    entry = load_pricing(options.pricing).lookup(options.model)
+def estimate(
+    prepared_dir: Path, options: EstimateOptions, today: dt.date | None = None
+) -> Estimate:
+    """Estimate tokens and dollars for the dataset in `prepared_dir` under `options`; retirement
+    dates are measured from `today` (default: the current date)."""
+    table = load_pricing(options.pricing)
+    entry = table.lookup(options.model)
     rows = read_manifest(prepared_dir)
     labels = read_labels(prepared_dir)
     by_split: dict[str, list[ManifestRow]] = {"train": [], "val": [], "test": []}
@@ -290,4 +308,11 @@ def estimate(prepared_dir: Path, options: EstimateOptions) -> Estimate:
         finetuned=finetuned,
         hosting=hosting,
         assumptions=assumptions,
+        lifecycle=lifecycle_warnings(
+            options.model,
+            None if entry.training_per_1m is not None else "zero-shot",
+            pricing=table,
+            today=today,
+            months=options.months,
+        ),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import fnmatch
 import json
 from importlib import resources
@@ -11,6 +12,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import UserError
+from .lifecycle import ArmKind, Lifecycle
+from .lifecycle import warnings as _lifecycle_warnings
 from .models import parse_model
 
 CostMode = Literal["realtime", "batch", "finetuned"]
@@ -73,6 +76,9 @@ class PriceEntry(BaseModel):
     """How this model counts image tokens (low, base, per tile)."""
     notes: str = ""
     """Anything a reader of an estimate should know about these prices."""
+    lifecycle: Lifecycle = Field(default_factory=lambda: Lifecycle())
+    """Known retirement dates (deprecation, shutdown, end of fine-tuning, Azure deployment
+    retirement), each with its source: see `lifecycle_warnings`."""
 
     def matches(self, model: str) -> bool:
         """Whether `model` (`provider/model`) is priced by this entry."""
@@ -139,10 +145,11 @@ def _entries(raw: dict[str, Any], where: str, base: dict[str, dict[str, Any]]) -
             raise UserError(f"{where}: entry {key!r} is not an object (see {PRICING_DOC})")
         # An entry whose key is in the shipped table changes only the fields it names.
         merged = {**base.get(key, {}), **fields, "key": key}
-        if isinstance(fields.get("vision"), dict) and isinstance(
-            base.get(key, {}).get("vision"), dict
-        ):
-            merged["vision"] = {**base[key]["vision"], **fields["vision"]}
+        # ...and inside `vision` and `lifecycle`, only the keys it names (a lifecycle date is
+        # replaced whole: a new date needs its own source).
+        for sub in ("vision", "lifecycle"):
+            if isinstance(fields.get(sub), dict) and isinstance(base.get(key, {}).get(sub), dict):
+                merged[sub] = {**base[key][sub], **fields[sub]}
         try:
             entries.append(PriceEntry.model_validate(merged))
         except ValidationError as e:
@@ -173,6 +180,42 @@ def lookup(model: str, pricing: Path | PriceTable | None = None) -> PriceEntry:
     """The price entry for `provider/model` from the shipped table or `pricing` (a file or table)."""
     table = pricing if isinstance(pricing, PriceTable) else load_pricing(pricing)
     return table.lookup(model)
+
+
+def current_date() -> dt.date:
+    """The day lifecycle dates are measured from (tests replace it)."""
+    return dt.date.today()
+
+
+def lifecycle_warnings(
+    model: str,
+    kind: ArmKind | None = None,
+    *,
+    pricing: Path | PriceTable | None = None,
+    today: dt.date | None = None,
+    months: float = 12,
+    name: str | None = None,
+) -> list[str]:
+    """Retirement warnings for `model` (`provider/model`, looked up like its prices): one line
+    per lifecycle date that is past or within `months` of `today` (default: `current_date()`).
+
+    `kind` is the arm: `zero-shot` (the model must answer), `fine-tuned` (training must be open
+    and the fine-tune must answer), or None for both. A model the table does not price has no
+    dates: no warnings. `name` is shown instead of `model` (e.g. the fine-tuned model's id).
+    """
+    table = pricing if isinstance(pricing, PriceTable) else load_pricing(pricing)
+    try:
+        entry = table.lookup(model)
+    except UserError:
+        return []
+    return _lifecycle_warnings(
+        entry.lifecycle,
+        provider=entry.key.partition("/")[0],
+        name=name or model,
+        kind=kind,
+        today=today or current_date(),
+        months=months,
+    )
 
 
 def _per_1m(entry: PriceEntry, mode: CostMode) -> tuple[float, float]:

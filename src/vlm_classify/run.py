@@ -433,6 +433,7 @@ class Runner:
         """What the cloud arms will cost, from the prepared sample and the shipped prices: said
         before anything is spent (the `estimate` step; a dry run's figures)."""
         from .estimate import EstimateOptions, estimate
+        from .pricing import lifecycle_warnings
 
         if not (self.out / "manifest.csv").is_file():
             self.ui.status("cost estimate: after prepare (it costs nothing: --only prepare)")
@@ -456,6 +457,12 @@ class Runner:
             usd[arm.name] = round(dollars, 4)
             self.result.estimate.append({"arm": arm.name, "usd": dollars, **est.to_json()})
             self.ui.status(f"{arm.name}: {line}")
+            for w in lifecycle_warnings(
+                base,
+                "fine-tuned" if arm.finetune else "zero-shot",
+                months=self.exp.report.months,
+            ):
+                self.ui.status(f"{arm.name}: warning: {w}")
         return {"usd": usd}
 
     # --- fine-tunes and deployments --------------------------------------------------------

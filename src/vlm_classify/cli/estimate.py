@@ -34,6 +34,13 @@ from ._options import answer_option, detail_option, prompt_option, training_prom
     help="A JSON price file that extends or overrides the shipped table (docs/pricing.md).",
 )
 @click.option(
+    "--months",
+    default=12,
+    show_default=True,
+    type=click.FloatRange(1, 1200),
+    help="Months the report spreads training over: retirement dates within them are warned of.",
+)
+@click.option(
     "--json", "as_json", is_flag=True, help="Print one JSON object on stdout instead of a table."
 )
 def estimate_cmd(
@@ -45,6 +52,7 @@ def estimate_cmd(
     detail: str,
     answer: str,
     pricing: Path | None,
+    months: float,
     as_json: bool,
 ) -> None:
     """Estimate what the study costs on the prepared dataset DIR: offline, from the manifest."""
@@ -57,6 +65,7 @@ def estimate_cmd(
             "detail": detail,
             "answer": answer,
             "pricing": pricing,
+            "months": months,
         }
     )
     result = estimate(prepared_dir, options)
@@ -102,6 +111,8 @@ def _print_table(result: Estimate) -> None:
     h = result.hosting
     table.add_row("hosting (fine-tuned deployment)", "", "", "", f"{_usd(h.usd_per_hour)}/h")
     out_console.print(table)
+    for w in result.lifecycle:
+        out_console.print(f"[bold yellow]warning:[/] {escape(w)}", soft_wrap=True)
     splits = result.splits
     out_console.print(
         f"dataset: {splits.get('train', 0):,} train / {splits.get('val', 0):,} val / "
