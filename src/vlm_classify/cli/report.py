@@ -70,6 +70,18 @@ def _names(text: str | None) -> list[str] | None:
     type=FiniteFloat(min=0),
     help="USD an hour of a GPU, to price local arms that ran on one.",
 )
+@click.option(
+    "--review-cost",
+    type=FiniteFloat(min=0),
+    help="USD for a person to check one image: name the confidence threshold that minimises the "
+    "cost per correct label (answer when confident, send the rest to review).",
+)
+@click.option(
+    "--error-cost",
+    type=FiniteFloat(min=0),
+    help="USD a wrong label costs when it ships unreviewed (rework, a refund): with "
+    "--review-cost, the threshold minimises the cost per image, errors included.",
+)
 def report_cmd(
     prepared_dir: Path,
     arms: str | None,
@@ -82,12 +94,17 @@ def report_cmd(
     seed: int,
     cpu_price_per_hour: float | None,
     gpu_price_per_hour: float | None,
+    review_cost: float | None,
+    error_cost: float | None,
 ) -> None:
     """Compare the arms recorded in DIR: accuracy with intervals, paired tests, confusions,
-    latency, cost and break-even. Writes results.csv, metrics.json, plots, report.md and a
-    self-contained report.html into DIR/report."""
+    latency, cost and break-even, calibration and abstention. Writes results.csv, metrics.json,
+    plots, report.md and a self-contained report.html into DIR/report."""
     from ..report import ReportOptions, build_report
+    from ..report.confidence import ERROR_COST_NEEDS_REVIEW_COST
 
+    if error_cost is not None and review_cost is None:  # before the report is computed
+        raise UserError(ERROR_COST_NEEDS_REVIEW_COST)
     options = ReportOptions(
         arms=_names(arms),
         baseline=baseline,
@@ -99,6 +116,8 @@ def report_cmd(
         seed=seed,
         cpu_price_per_hour=cpu_price_per_hour,
         gpu_price_per_hour=gpu_price_per_hour,
+        review_cost=review_cost,
+        error_cost=error_cost,
     )
     with err_console.status("computing the report"):
         result = build_report(prepared_dir, options)

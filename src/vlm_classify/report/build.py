@@ -14,6 +14,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from .. import __version__
+from .. import pricing as price_table
 from ..cost import (
     FAR_BEYOND,
     HOURS_PER_MONTH,
@@ -29,7 +30,10 @@ from ..cost import (
 from ..errors import UserError
 from ..files import write_bytes_atomic
 from ..metrics import BOOTSTRAP_RESAMPLES, SMALL_SUPPORT, arm_metrics, compare
-from ..pricing import load_pricing
+from ..pricing import lifecycle_warnings, load_pricing
+from .confidence import METHOD as CALIBRATION_METHOD
+from .confidence import add_calibration
+from .decide import section as decide_section
 from .load import Aligned, Arm, align, latency_studies, select_arms
 from .verdict import verdict
 
@@ -79,6 +83,12 @@ class ReportOptions(BaseModel):
     recorded)."""
     gpu_price_per_hour: float | None = Field(None, ge=0, allow_inf_nan=False)
     """USD an hour of a GPU (cuda or mps), for local arms that ran on one."""
+    review_cost: float | None = Field(None, ge=0, allow_inf_nan=False)
+    """USD for a person to check one image: the report names the confidence threshold that
+    minimises the cost per correct label (arms that record a confidence)."""
+    error_cost: float | None = Field(None, ge=0, allow_inf_nan=False)
+    """USD a wrong label costs when it ships unreviewed: with `review_cost`, the threshold
+    minimises the cost per image, errors included (refused without `review_cost`)."""
 
 
 class ReportResult(BaseModel):
@@ -264,6 +274,32 @@ def _cost_section(
     }
 
 
+def _lifecycle(arms: list[Arm], blocks: dict[str, Any], opts: ReportOptions) -> str:
+    """Each arm's retirement warnings (`arms.<name>.lifecycle`), from its price entry's dates;
+    returns how they were chosen (for `methods`)."""
+    table = load_pricing(opts.pricing)
+    today = price_table.current_date()  # looked up at call time: tests replace it
+    for arm in arms:
+        key = blocks[arm.name].get("cost", {}).get("price_entry")
+        blocks[arm.name]["lifecycle"] = (
+            lifecycle_warnings(
+                key,
+                "fine-tuned" if arm.fine_tuned else "zero-shot",
+                pricing=table,
+                today=today,
+                months=opts.months,
+                name=arm.model,
+            )
+            if key
+            else []
+        )
+    return (
+        "retirement dates (shutdown, end of fine-tuning, Azure deployment retirement) from the "
+        f"price entry's lifecycle, each with its source; warned of when past or before "
+        f"{opts.months:g} months (--months) from {today.isoformat()}, the day the report was built"
+    )
+
+
 def compute(prepared_dir: Path, opts: ReportOptions) -> tuple[dict[str, Any], Aligned]:
     """Everything metrics.json holds, from the arms on disk."""
     arms, baseline = select_arms(prepared_dir, opts.arms, opts.baseline)
@@ -314,6 +350,7 @@ def compute(prepared_dir: Path, opts: ReportOptions) -> tuple[dict[str, Any], Al
             "in practice never",
             "invalid": "answers that are not a label count as wrong and are reported apart",
             "small_support": f"per-class figures on fewer than {SMALL_SUPPORT} items are flagged",
+            "calibration": CALIBRATION_METHOD,
         },
         "arms": blocks,
         "comparisons": comparisons,
@@ -322,6 +359,11 @@ def compute(prepared_dir: Path, opts: ReportOptions) -> tuple[dict[str, Any], Al
         },
     }
     metrics["cost"] = _cost_section(arms, blocks, comparisons, opts)
+    metrics["methods"]["lifecycle"] = _lifecycle(arms, blocks, opts)
+    add_calibration(
+        arms, al, blocks, opts.review_cost, opts.volume, opts.months, opts.seed, opts.error_cost
+    )
+    metrics["decide"] = decide_section(prepared_dir, opts)
     metrics["verdict"] = verdict(metrics)
     return metrics, al
 

@@ -266,7 +266,13 @@ def select_arms(
         raise UserError(
             f"{prepared_dir} is not a directory: pass the prepared folder that holds arms/"
         )
-    chosen = names or available_arms(prepared_dir)
+    if names:
+        chosen = names
+    else:  # a learning curve's arms and those that stopped early are reported on their own
+        from .decide import side_arms
+
+        side = side_arms(prepared_dir)
+        chosen = [a for a in available_arms(prepared_dir) if a not in side]
     if not chosen:
         raise UserError(
             f"no arms with predictions in {prepared_dir}/arms: run `vlm-classify classify` first"

@@ -293,3 +293,74 @@ def concurrency(studies: Sequence[Any], title: str) -> bytes:
     ax2.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     return _save(fig)
+
+
+def reliability(series: dict[str, Sequence[dict[str, Any]]], title: str) -> bytes:
+    """Reliability diagram: accuracy against mean confidence per non-empty bin, one line per arm
+    (the diagonal is perfect calibration), and below it the share of items in each bin."""
+    fig = Figure(figsize=(7, 5.6))
+    FigureCanvasAgg(fig)
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    top.plot([0, 1], [0, 1], color="grey", ls="--", lw=1, label="perfect calibration")
+    for name, bins in series.items():
+        full = [b for b in bins if b["count"]]
+        total = sum(b["count"] for b in full)
+        (line,) = top.plot(
+            [b["mean_confidence"] for b in full],
+            [b["accuracy"] for b in full],
+            marker="o",
+            ms=4,
+            label=f"{name} (n={total})",
+        )
+        edges = [bins[0]["lower"], *(b["upper"] for b in bins)]
+        shares = [b["count"] / total if total else 0 for b in bins]
+        bottom.stairs(shares, edges, color=line.get_color())
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1.02)
+    top.set_ylabel("accuracy in the bin")
+    top.legend(fontsize=8, loc="upper left")
+    top.set_title(_wrap(title, 6.5), fontsize=10)
+    bottom.set_xlabel("confidence")
+    bottom.set_ylabel("share of items")
+    return _save(fig)
+
+
+def coverage(
+    series: dict[str, Sequence[dict[str, Any]]],
+    marks: dict[str, dict[str, Any]],
+    title: str,
+) -> bytes:
+    """Accuracy of the answered items against the share answered, one line per arm; a dot at
+    the threshold --review-cost chose (`marks`: the arm's `review.best`)."""
+    fig, ax = _figure(figsize=(7, 4.2))
+    for name, points in series.items():
+        (line,) = ax.plot(
+            [p["coverage"] * 100 for p in points],
+            [p["accuracy"] * 100 for p in points],
+            label=name,
+        )
+        best = marks.get(name)
+        if best:
+            ax.plot(
+                best["auto_share"] * 100,
+                best["auto_accuracy"] * 100,
+                "o",
+                color=line.get_color(),
+                ms=7,
+                mec="black",
+            )
+            right = best["auto_share"] > 0.7  # label on the side with room
+            ax.annotate(
+                f"threshold {best['threshold']:.3g}",
+                (best["auto_share"] * 100, best["auto_accuracy"] * 100),
+                xytext=(-6 if right else 6, -12),
+                textcoords="offset points",
+                ha="right" if right else "left",
+                fontsize=7,
+            )
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("images answered automatically (%), the most confident first")
+    ax.set_ylabel("accuracy of those answered (%)")
+    ax.legend(fontsize=8, loc="best")
+    ax.set_title(_wrap(title, 6.5), fontsize=10)
+    return _save(fig)

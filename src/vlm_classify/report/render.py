@@ -16,7 +16,7 @@ from typing import Any
 import jinja2
 from PIL import Image
 
-from . import plots
+from . import confidence, decide, plots
 from .load import Aligned, latency_studies
 from .tables import (
     Figure,
@@ -63,7 +63,8 @@ def _figures(prepared_dir: Path, m: dict[str, Any], al: Aligned) -> dict[str, li
     arms = m["arms"]
     note = _note(m)
     figs: dict[str, list[Figure]] = {
-        k: [] for k in ("accuracy", "classes", "latency", "cost", "training")
+        k: []
+        for k in ("accuracy", "classes", "latency", "cost", "calibration", "training", "decide")
     }
 
     def add(section: str, title: str, name: str, data: bytes, caption: str = "") -> None:
@@ -137,6 +138,51 @@ def _figures(prepared_dir: Path, m: dict[str, Any], al: Aligned) -> dict[str, li
             "cost-volume.png",
             plots.cost_curve(curve["volumes"], lines, marks, m["cost"]["volume_per_month"], title),
         )
+    calibrated = {a["display"]: a["calibration"] for a in arms.values() if a.get("calibration")}
+    if calibrated:
+        add(
+            "calibration",
+            "Reliability diagram",
+            "reliability.png",
+            plots.reliability(
+                {n: c["bins"] for n, c in calibrated.items()},
+                f"Reliability: accuracy against confidence, {len(al.ids)} test items{note}",
+            ),
+            "each dot is a confidence bin; below the diagonal the arm is over-confident",
+        )
+        add(
+            "calibration",
+            "Accuracy against coverage",
+            "coverage.png",
+            plots.coverage(
+                {n: c["coverage_curve"] for n, c in calibrated.items()},
+                {n: c["review"]["best"] for n, c in calibrated.items() if c.get("review")},
+                f"Answer when confident, send the rest to a person{note}",
+            ),
+            (
+                "the dot marks the threshold that minimises the cost per image, wrong labels "
+                "that ship included (--review-cost, --error-cost)"
+                if any(
+                    (c.get("review") or {}).get("error_usd_per_wrong_label")
+                    for c in calibrated.values()
+                )
+                else "the dot marks the threshold that minimises the cost per correct label "
+                "(--review-cost)"
+            )
+            if any(c.get("review") for c in calibrated.values())
+            else "",
+        )
+    for c in (m.get("decide") or {}).get("curves", []):
+        png = Path(c["png"])
+        if png.is_file():
+            add(
+                "decide",
+                f"Learning curve: {c['name']} ({c.get('base_model')})",
+                f"curve-{c['name']}.png",
+                png.read_bytes(),
+                "test accuracy with 95% intervals against train images per class; dashed: the "
+                "fitted a - b n^-c",
+            )
     for arm in al.arms:
         job = arm.finetune or {}
         if job.get("results_csv"):
@@ -196,8 +242,28 @@ def _sections(m: dict[str, Any], figs: dict[str, list[Figure]]) -> list[Section]
     if lat or figs["latency"]:
         out.append(Section("Latency", "latency", tables=lat, figures=figs["latency"]))
     out.append(Section("Cost", "cost", cost_notes(m), tables=cost_tables(m), figures=figs["cost"]))
+    cal = confidence.table(m)
+    out.append(
+        Section(
+            "Calibration and abstention",
+            "calibration",
+            confidence.sentences(m),
+            tables=[cal] if cal else [],
+            figures=figs["calibration"],
+        )
+    )
     if figs["training"]:
         out.append(Section("Fine-tuning", "training", figures=figs["training"]))
+    said = decide.sentences(m.get("decide") or {})
+    if said or figs["decide"]:
+        out.append(
+            Section(
+                "Fewer labelled images, fewer test images",
+                "decide",
+                said,
+                figures=figs["decide"],
+            )
+        )
     return out
 
 

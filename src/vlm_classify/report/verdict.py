@@ -137,6 +137,10 @@ def verdict(metrics: dict[str, Any]) -> dict[str, Any]:
                 "the model's eye."
             )
             sources[f"{name}.invalid_rate"] = f"arms.{name}.invalid_rate"
+    for name, a in arms.items():
+        for w in a.get("lifecycle") or []:
+            text.append(f"Retirement: {w}.")
+            sources[f"{name}.lifecycle"] = f"arms.{name}.lifecycle"
     return {"text": text, "sources": sources}
 
 
