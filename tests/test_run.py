@@ -458,7 +458,7 @@ def test_kill_9_in_any_step_then_the_same_command_completes(tmp_path: Path, step
 
 def test_a_dataset_prepared_again_reruns_everything_on_the_new_sample(tmp_path: Path) -> None:
     path, out = write(tmp_path), tmp_path / "out"
-    first, _ = run(path, out)
+    run(path, out)
     old_job = json.loads((out / "run.json").read_text())["steps"]["finetune:ft"]["outputs"]["job"]
     changed = EXPERIMENT.replace("split = [5, 1, 3]", 'split = [5, 1, 3]\nsampling = "random"')
     second, ui = run(write(tmp_path, changed), out)

@@ -172,6 +172,10 @@ class ReportSpec(_Strict):
     serving: Literal["realtime", "batch"] = "realtime"
     cpu_price_per_hour: float | None = Field(None, ge=0)
     gpu_price_per_hour: float | None = Field(None, ge=0)
+    review_cost: float | None = Field(None, ge=0)
+    """USD a person takes to check one image: the report's abstention threshold."""
+    error_cost: float | None = Field(None, ge=0)
+    """USD a wrong label that ships costs (needs review_cost)."""
 
 
 class EmulatorSpec(_Strict):

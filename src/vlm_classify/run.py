@@ -756,6 +756,8 @@ class Runner:
                     serving=r.serving,
                     cpu_price_per_hour=r.cpu_price_per_hour,
                     gpu_price_per_hour=r.gpu_price_per_hour,
+                    review_cost=r.review_cost,
+                    error_cost=r.error_cost,
                 ),
             )
             for line in result.verdict:
