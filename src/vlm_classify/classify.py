@@ -90,6 +90,11 @@ class ClassifyOptions(BaseModel):
     """How a local model (`clip/`, `cnn/`) runs: device, batch size, offline."""
     until_decided: UntilDecided | None = None
     """Stop once the comparison with another arm is decided (None: answer every item)."""
+    label_order: int | None = None
+    """List the labels to the model in an order shuffled with this seed (None: as prepared):
+    how much of a zero-shot number is the prompt's luck (`sensitivity`)."""
+    item_ids: list[str] | None = None
+    """Only these items of the split (a sensitivity study's subsample); None: all."""
 
     def chat_settings(self) -> ChatSettings:
         return ChatSettings(
@@ -100,6 +105,12 @@ class ClassifyOptions(BaseModel):
         self, kind: Kind = "remote", prepared_dir: Path | None = None
     ) -> dict[str, Any]:
         """The settings that define the arm's answers (a rerun must not change them)."""
+        out = self._settings(kind, prepared_dir)
+        if self.label_order is not None:
+            out["label_order"] = self.label_order
+        return out
+
+    def _settings(self, kind: Kind, prepared_dir: Path | None) -> dict[str, Any]:
         if kind == "local":  # no prompt: the model's files, the labels (and templates) do
             out: dict[str, Any] = {"split": self.split}
             name = self.model.partition("/")[2]
@@ -160,6 +171,17 @@ def classify(
     sample = load_sample(prepared_dir)
     items = sample.split(options.split)
     labels = sample.labels
+    if options.item_ids is not None:
+        wanted = set(options.item_ids)
+        items = [it for it in items if it.id in wanted]
+    if options.label_order is not None:
+        if ref.provider not in ("openai", "azure", "hf") or ref.name.startswith(ARM_PREFIX):
+            raise UserError(
+                f"a label order is a prompt's: {ref} does not list the labels to the model "
+                "(zero-shot openai/, azure/ and hf/ models do)"
+            )
+        labels = list(labels)
+        random.Random(options.label_order).shuffle(labels)
     if options.limit:
         items = items[: options.limit]
     fine_tune = find_fine_tune(prepared_dir, str(ref))

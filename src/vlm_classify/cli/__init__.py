@@ -59,6 +59,7 @@ def _register() -> None:
     from .report import report_cmd
     from .run import run_cmd
     from .sample import sample_cmd
+    from .sensitivity import sensitivity_cmd
 
     for cmd in (
         sample_cmd,
@@ -73,6 +74,7 @@ def _register() -> None:
         report_cmd,
         emulator_cmd,
         run_cmd,
+        sensitivity_cmd,
     ):
         cli.add_command(cmd)
 

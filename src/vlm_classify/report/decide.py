@@ -47,9 +47,13 @@ def stopped_early_names(prepared_dir: Path) -> list[str]:
 
 
 def side_arms(prepared_dir: Path) -> set[str]:
-    """Arms the main comparison leaves out unless named: a curve's, and those that stopped
-    early."""
+    """Arms the main comparison leaves out unless named: a curve's, a label-order study's, and
+    those that stopped early."""
+    from ..sensitivity import sensitivity_docs
+
     out = set(stopped_early_names(prepared_dir))
+    for sdoc in sensitivity_docs(prepared_dir):
+        out |= set(sdoc.get("arms") or [])
     for doc in curve_docs(prepared_dir):
         out |= {p.get("arm") for p in doc["points"] if p.get("arm")}
     return out
@@ -87,7 +91,14 @@ def section(prepared_dir: Path, opts: Any) -> dict[str, Any]:
             "spent_usd": None if per_image is None else per_image * int(rec["answered"]),
         }
         stopped.append(rec)
-    return {"curves": curves, "stopped_early": stopped}
+    from ..sensitivity import sensitivity_docs
+
+    orders = [
+        {k: d.get(k) for k in ("name", "model", "summary", "accuracy", "arms", "items",
+                                "all_orders_agree", "mean_pairwise_kappa", "emulated")}
+        for d in sensitivity_docs(prepared_dir)
+    ]  # fmt: skip
+    return {"curves": curves, "stopped_early": stopped, "label_orders": orders}
 
 
 def sentences(block: dict[str, Any]) -> list[str]:
@@ -95,6 +106,9 @@ def sentences(block: dict[str, Any]) -> list[str]:
     out = []
     for c in block.get("curves", []):
         out.append(f"Learning curve {c['name']} ({c.get('base_model')}): {c['summary']}.")
+    for o in block.get("label_orders", []):
+        emulated = " (emulated)" if o.get("emulated") else ""
+        out.append(f"Label order, {o['name']} ({o['model']}{emulated}): {o['summary']}.")
     for s in block.get("stopped_early", []):
         emulated = " (emulated)" if s.get("emulated") else ""
         if s.get("decision"):
