@@ -142,9 +142,10 @@ def test_every_shipped_date_has_a_source_url_and_iso_days() -> None:
             dt.date.fromisoformat(rec["date"])
             seen += 1
     assert seen >= 8
-    # every entry in the table carries dates, and they load
-    assert all(fields.get("lifecycle") for fields in raw.values())
-    assert all(e.lifecycle.shutdown_on for e in load_pricing().entries)
+    # the gpt-4o generation carries its dates (newer models: none published yet), and they load
+    dated = [k for k in raw if "gpt-4o" in k]
+    assert len(dated) == 3 and all(raw[k].get("lifecycle") for k in dated)
+    assert all(e.lifecycle.shutdown_on for e in load_pricing().entries if "gpt-4o" in e.key)
 
 
 def test_shipped_gpt_4o_dates() -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from vlm_classify.backends.openai import tokens
 from vlm_classify.backends.openai.tokens import count_chat_tokens, count_text, image_tokens
-from vlm_classify.pricing import GPT4O_VISION, VisionRule
+from vlm_classify.image_rules import GPT4O_VISION, TileRule
 
 SAMPLES = [
     "hello world",
@@ -200,7 +200,7 @@ def test_image_tokens_low_and_models() -> None:
     # gpt-4o-mini: 2833 base, 5667 per tile
     assert image_tokens(500, 375, "low", "openai/gpt-4o-mini-2024-07-18") == 2833
     assert image_tokens(1024, 1024, "high", "openai/gpt-4o-mini") == 2833 + 4 * 5667
-    assert image_tokens(500, 375, "high", VisionRule(base_tokens=10, tile_tokens=1)) == 11
+    assert image_tokens(500, 375, "high", TileRule(base_tokens=10, tile_tokens=1)) == 11
     assert GPT4O_VISION.tile_px == 512
     with pytest.raises(ValueError, match="detail"):
         image_tokens(500, 375, "medium")  # type: ignore[arg-type]

@@ -23,6 +23,7 @@ from .backends.openai.wire import (
     finetune_line,
 )
 from .dataset.manifest import ManifestRow, read_labels, read_manifest
+from .image_rules import describe
 from .pricing import (
     PriceEntry,
     cost_usd,
@@ -35,6 +36,8 @@ from .prompts import PromptStyle, answer_schema, system_prompt
 FINETUNED_ANSWER: AnswerMode = "text"
 """`openai_wire.finetune_line` makes the bare label the assistant target, so the fine-tuned
 model answers with the bare label."""
+
+_ADD = " (add it with --pricing FILE: see docs/pricing.md)"
 
 _IMAGE_URL = data_url_prefix()
 """Image parts count 0 text tokens, so the URL does not matter here."""
@@ -180,6 +183,30 @@ def _inference(
     return prompt * len(rows) + images, output
 
 
+def image_notes(entry: PriceEntry, detail: Detail) -> list[str]:
+    """The estimate's notes on image tokens: which rule counts them, and where the sources of
+    that rule disagree (and which value the table took)."""
+    rule = entry.vision
+    line = f"image tokens of {entry.key}: {describe(rule, detail)}"
+    if "vision" not in entry.model_fields_set:
+        line += "; the price entry names no image rule, so gpt-4o's tile rule is assumed"
+    return [line, *(f"image-token sources disagree: {d}" for d in rule.disagreements)]
+
+
+def _no_image_finetuning(entry: PriceEntry) -> str:
+    """Why the training and fine-tuned lines are left out ('' when they are not)."""
+    if entry.finetune_images is not False:
+        return ""
+    provider = {"openai": "OpenAI", "azure": "Azure OpenAI"}.get(
+        entry.key.partition("/")[0], entry.key.partition("/")[0]
+    )
+    where = f" ({entry.finetune_source})" if entry.finetune_source else ""
+    return (
+        f"{entry.key} cannot be fine-tuned on images at {provider}{where}: training, "
+        "fine-tuned and hosting lines omitted"
+    )
+
+
 def estimate(
     prepared_dir: Path, options: EstimateOptions, today: dt.date | None = None
 ) -> Estimate:
@@ -195,17 +222,11 @@ def estimate(
     train, test = by_split["train"], by_split["test"]
     base_system = system_prompt(labels, options.prompt)
     ft_system = system_prompt(labels, options.ft_prompt)
-    detail_note = (
-        f"detail=low: a fixed {entry.vision.low_tokens} tokens per image"
-        if options.detail == "low"
-        else f"detail={options.detail}: tiles from each image's size in the manifest"
-        + (" (auto counted as high, the conservative choice)" if options.detail == "auto" else "")
-    )
     assumptions = [
         f"prices: {entry.key}, {entry.source} ({entry.date})",
         "prompt tokens by the OpenAI cookbook rule for gpt-4o: 3 per message + role + content, "
         "+3 reply priming; o200k_base text tokens",
-        f"image tokens: {detail_note}",
+        *image_notes(entry, options.detail),
         f"system prompt '{options.prompt}': {tokens.count_text(base_system)} tokens",
     ]
 
@@ -234,10 +255,18 @@ def estimate(
             note="zero-shot base model, test set, Batch API",
         )
     else:
-        assumptions.append(f"{entry.key} has no Batch price: Batch line omitted")
+        assumptions.append(f"no Batch price for {entry.key}: Batch line omitted{_ADD}")
 
     training = None
-    if entry.training_per_1m is not None:
+    no_finetune = _no_image_finetuning(entry)
+    if no_finetune:
+        assumptions.append(no_finetune)
+    elif entry.training_per_1m is not None:
+        if entry.finetune_images is None:
+            assumptions.append(
+                f"whether {entry.key} can be fine-tuned on images is not recorded in the price "
+                "table: check your provider's fine-tuning guide"
+            )
         tin = tout = 0
         target_counts = Counter(r.label for r in train)
         for label, n in target_counts.items():
@@ -267,10 +296,13 @@ def estimate(
             f"{len(by_split['val'])} validation examples are not billed"
         )
     else:
-        assumptions.append(f"{entry.key} has no training price: training line omitted")
+        assumptions.append(f"no training price for {entry.key}: training line omitted{_ADD}")
 
     finetuned = None
-    if entry.finetuned_input_per_1m is not None and entry.finetuned_output_per_1m is not None:
+    ft_prices = (entry.finetuned_input_per_1m, entry.finetuned_output_per_1m)
+    if no_finetune:
+        pass  # said once, with the training line
+    elif ft_prices[0] is not None and ft_prices[1] is not None:
         fin, fout = _inference(test, ft_system, options, entry, FINETUNED_ANSWER, labels)
         finetuned = LineItem(
             requests=len(test),
@@ -284,13 +316,18 @@ def estimate(
             "and answers with the bare label it was trained on"
         )
     else:
-        assumptions.append(f"{entry.key} has no fine-tuned inference price: line omitted")
+        assumptions.append(
+            f"no fine-tuned inference price for {entry.key}: fine-tuned line omitted{_ADD}"
+        )
 
+    hourly = 0.0 if no_finetune else entry.hosting_per_hour
     hosting = HostingItem(
-        usd_per_hour=entry.hosting_per_hour,
-        usd_per_day=entry.hosting_per_hour * 24,
+        usd_per_hour=hourly,
+        usd_per_day=hourly * 24,
         note=(
-            "billed per hour while the fine-tuned deployment exists, used or not"
+            "no fine-tuned deployment: the model cannot be fine-tuned on images here"
+            if no_finetune
+            else "billed per hour while the fine-tuned deployment exists, used or not"
             if entry.hosting_per_hour
             else "no hosting fee for fine-tuned models at this provider"
         ),

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import UserError
+from .image_rules import GPT4O_VISION, VisionRule
 from .lifecycle import ArmKind, Lifecycle
 from .lifecycle import warnings as _lifecycle_warnings
 from .models import parse_model
@@ -20,27 +21,6 @@ CostMode = Literal["realtime", "batch", "finetuned"]
 COST_MODES: tuple[CostMode, ...] = ("realtime", "batch", "finetuned")
 
 PRICING_DOC = "docs/pricing.md"
-
-
-class VisionRule(BaseModel):
-    """How a model family turns an image into input tokens (tile-based gpt-4o style)."""
-
-    low_tokens: int = Field(default=85, ge=0)
-    """Tokens of any image sent with `detail: low`."""
-    base_tokens: int = Field(default=85, ge=0)
-    """Tokens always added for a `detail: high` image."""
-    tile_tokens: int = Field(default=170, ge=0)
-    """Tokens per tile of a `detail: high` image."""
-    tile_px: int = Field(default=512, gt=0)
-    """Tile side in pixels."""
-    max_px: int = Field(default=2048, gt=0)
-    """First the image is scaled down to fit a max_px x max_px square."""
-    short_side_px: int = Field(default=768, gt=0)
-    """Then scaled down so its shortest side is at most this."""
-
-
-GPT4O_VISION = VisionRule()
-"""gpt-4o: 85 low, 85 + 170 per 512px tile high."""
 
 
 class PriceEntry(BaseModel):
@@ -72,8 +52,14 @@ class PriceEntry(BaseModel):
     """USD per 1M input tokens sent to the fine-tuned model."""
     finetuned_output_per_1m: float | None = Field(default=None, ge=0)
     """USD per 1M output tokens from the fine-tuned model."""
-    vision: VisionRule = Field(default_factory=lambda: VisionRule())
-    """How this model counts image tokens (low, base, per tile)."""
+    vision: VisionRule = Field(default_factory=lambda: GPT4O_VISION.model_copy())
+    """How this model counts image tokens: a `tile` rule (gpt-4o's when the entry names none)
+    or a `patch` rule (see `image_rules`)."""
+    finetune_images: bool | None = None
+    """Whether this provider fine-tunes the model on training examples with images; null:
+    not recorded. False leaves the training and fine-tuned lines out of an estimate."""
+    finetune_source: str = ""
+    """Where `finetune_images` comes from (a URL)."""
     notes: str = ""
     """Anything a reader of an estimate should know about these prices."""
     lifecycle: Lifecycle = Field(default_factory=lambda: Lifecycle())
@@ -138,6 +124,11 @@ def _read_table_json(path: Path | None) -> dict[str, Any]:
     return data
 
 
+def _kind(rule: dict[str, Any], default: dict[str, Any] | None = None) -> str:
+    """The kind of a vision rule written as JSON (`tile` unless it says otherwise)."""
+    return str(rule.get("kind", (default or {}).get("kind", "tile")))
+
+
 def _entries(raw: dict[str, Any], where: str, base: dict[str, dict[str, Any]]) -> list[PriceEntry]:
     entries = []
     for key, fields in raw["models"].items():
@@ -146,9 +137,11 @@ def _entries(raw: dict[str, Any], where: str, base: dict[str, dict[str, Any]]) -
         # An entry whose key is in the shipped table changes only the fields it names.
         merged = {**base.get(key, {}), **fields, "key": key}
         # ...and inside `vision` and `lifecycle`, only the keys it names (a lifecycle date is
-        # replaced whole: a new date needs its own source).
+        # replaced whole: a new date needs its own source; a vision rule of another kind too).
         for sub in ("vision", "lifecycle"):
             if isinstance(fields.get(sub), dict) and isinstance(base.get(key, {}).get(sub), dict):
+                if sub == "vision" and _kind(fields[sub], base[key][sub]) != _kind(base[key][sub]):
+                    continue
                 merged[sub] = {**base[key][sub], **fields[sub]}
         try:
             entries.append(PriceEntry.model_validate(merged))

@@ -20,7 +20,8 @@ from PIL import Image
 
 from ..backends.openai import tokens
 from ..errors import UserError
-from ..pricing import GPT4O_VISION, VisionRule, lookup
+from ..image_rules import DETAILS, GPT4O_VISION, VisionRule
+from ..pricing import lookup
 from .apierror import ApiError
 from .oracle import Decision, Oracle
 
@@ -185,6 +186,7 @@ def labels_in_prompt(messages: list[dict[str, Any]]) -> list[str] | None:
 
 @functools.lru_cache(maxsize=64)
 def _vision_rule(base_model: str) -> VisionRule:
+    """The image-token rule of `base_model`, from the shipped price table (the estimate's)."""
     try:
         return lookup(f"openai/{base_model}").vision
     except UserError:  # a model the price table does not know: count it as gpt-4o does
@@ -192,8 +194,18 @@ def _vision_rule(base_model: str) -> VisionRule:
 
 
 def image_token_count(image: ImageRef, base_model: str) -> int:
-    detail = image.detail if image.detail in tokens.DETAILS else "auto"
+    """Billed tokens of one image, by the rule of the model it was sent to: the same pure
+    function and price-table entry `estimate` uses, so a request's usage is its estimate."""
+    detail = image.detail if image.detail in DETAILS else "auto"
     return tokens.image_tokens(image.width, image.height, detail, _vision_rule(base_model))  # type: ignore[arg-type]
+
+
+def billed(counted: int, factor: float = 1.0) -> int:
+    """Tokens billed for `counted` tokens when the service bills `factor` times the rules
+    (`EmulatorConfig.bill_factor`); rounded up, and exactly `counted` at 1.0."""
+    if factor == 1.0:
+        return counted
+    return math.ceil(round(counted * factor, 6))
 
 
 def complete(
@@ -203,8 +215,12 @@ def complete(
     *,
     completion_id: str,
     created: int,
+    bill_factor: float = 1.0,
 ) -> ChatResult:
-    """Answer a chat completion request (already validated against the spec)."""
+    """Answer a chat completion request (already validated against the spec).
+
+    `usage.prompt_tokens` is the messages by the cookbook rule, the answer schema and each image
+    by its model's rule, times `bill_factor` (1.0: exactly what `estimate` counts)."""
     messages: list[dict[str, Any]] = body["messages"]
     if body.get("stream"):
         raise ApiError(
@@ -239,6 +255,7 @@ def complete(
     if rf.get("type") == "json_schema":
         prompt_text += tokens.schema_tokens((rf.get("json_schema") or {}).get("schema") or {})
     prompt_images = sum(image_token_count(img, route.base) for img in images)
+    prompt = billed(prompt_text + prompt_images, bill_factor)
     completion = len(ids)
     n = int(body.get("n") or 1)
     logprobs = None
@@ -260,9 +277,9 @@ def complete(
         "model": route.model,
         "choices": [{**choice, "index": i} for i in range(n)],
         "usage": {
-            "prompt_tokens": prompt_text + prompt_images,
+            "prompt_tokens": prompt,
             "completion_tokens": completion * n,
-            "total_tokens": prompt_text + prompt_images + completion * n,
+            "total_tokens": prompt + completion * n,
             "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
             "completion_tokens_details": {
                 "reasoning_tokens": 0,

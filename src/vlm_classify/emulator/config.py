@@ -176,6 +176,10 @@ class EmulatorConfig(BaseModel):
     deployments: dict[str, str] = Field(default_factory=dict)
     """Azure deployment -> model. A value of `ft` (or a fine-tuned model id) makes it fine-tuned;
     unlisted deployments are served as base models, or as the fine-tuned model of that name."""
+    bill_factor: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    """Bill chat prompt tokens this many times what the token rules count (1.2: 20% more, as a
+    service billing images above its documented rule would): tests the warning for usage billed
+    above the estimate. 1.0 bills exactly the estimate's count."""
     check_responses: bool = False
     """Validate every JSON response against the spec and record mismatches in `stats` (tests)."""
 

@@ -11,7 +11,6 @@ import functools
 import gzip
 import hashlib
 import json
-import math
 import os
 import tempfile
 import types
@@ -24,8 +23,9 @@ from typing import Any
 
 import tiktoken
 
-from ...pricing import GPT4O_VISION, VisionRule, lookup
-from .wire import DETAILS, AnswerMode, Detail
+from ...image_rules import GPT4O_VISION, PatchRule, TileRule, VisionRule, rule_tokens
+from ...pricing import lookup
+from .wire import AnswerMode, Detail
 
 ENCODING_NAME = "o200k_base"
 O200K_URL = "https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken"
@@ -190,29 +190,15 @@ def completion_tokens(label: str, answer: AnswerMode = "enum") -> int:
 def image_tokens(
     width: int, height: int, detail: Detail, model: str | VisionRule = GPT4O_VISION
 ) -> int:
-    """Input tokens of one image of `width` x `height` pixels.
+    """Input tokens of one image of `width` x `height` pixels, by its model's rule.
 
-    `low`: a fixed count. `high`: scale down (never up) to fit max_px x max_px, then down so the
-    shortest side is at most short_side_px, count tile_px tiles: base + tile x tiles. `auto`
-    lets the API choose; it is counted as `high` here, the conservative choice. `model` is a
-    `provider/model` string (its rule comes from the price table) or a `VisionRule`.
+    `model` is a `provider/model` string (its rule comes from the price table) or a rule. A
+    `tile` rule (gpt-4o): `low` is a fixed count; `high` and `auto` count 512 px tiles after
+    resizing. A `patch` rule (gpt-4.1-mini, gpt-5-mini, gpt-5.4...): 32 px patches within the
+    model's budget for that detail, times its multiplier, rounded up. See `image_rules`.
     """
-    rule = model if isinstance(model, VisionRule) else lookup(model).vision
-    if detail == "low":
-        return rule.low_tokens
-    if detail not in ("high", "auto"):
-        raise ValueError(f"unknown detail {detail!r}; choose one of {', '.join(DETAILS)}")
-    if width <= 0 or height <= 0:
-        raise ValueError(f"image size must be positive, got {width}x{height}")
-    w, h = float(width), float(height)
-    if max(w, h) > rule.max_px:
-        scale = rule.max_px / max(w, h)
-        w, h = w * scale, h * scale
-    if min(w, h) > rule.short_side_px:
-        scale = rule.short_side_px / min(w, h)
-        w, h = w * scale, h * scale
-    tiles = math.ceil(round(w, 6) / rule.tile_px) * math.ceil(round(h, 6) / rule.tile_px)
-    return rule.base_tokens + rule.tile_tokens * tiles
+    rule = model if isinstance(model, TileRule | PatchRule) else lookup(model).vision
+    return rule_tokens(width, height, detail, rule)
 
 
 def schema_tokens(schema: Mapping[str, Any]) -> int:
