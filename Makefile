@@ -55,6 +55,7 @@ bench: $(VENV)/.installed-local
 	$(BIN)/python benchmarks/bench_classify_secrets.py
 	$(BIN)/python benchmarks/bench_hf.py
 	$(BIN)/python benchmarks/bench_until_decided.py
+	$(BIN)/python benchmarks/bench_run_memory.py --quick
 	$(BIN)/python benchmarks/bench_paired_coverage.py
 
 clean:

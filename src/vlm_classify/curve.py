@@ -32,7 +32,6 @@ from .backends.base import LocalSettings
 from .dataset.manifest import ManifestRow, load_sample
 from .errors import UserError
 from .files import atomic_open, write_text_atomic
-from .metrics import accuracy_interval
 
 CURVES_DIR = "curves"
 DEFAULT_SHOTS: list[int | Literal["all"]] = [1, 2, 5, 10, 20, "all"]
@@ -299,6 +298,8 @@ def _score(
     )
     with (result.arm_dir / "predictions.csv").open(newline="", encoding="utf-8") as f:
         rows = [r for r in csv.DictReader(f) if not r["error"]]  # an invalid answer is wrong
+    from .metrics import accuracy_interval  # scipy: loaded when a curve is scored
+
     n, correct = len(rows), sum(r["correct"] == "1" for r in rows)
     lo, hi = accuracy_interval(correct, n)
     return {

@@ -43,7 +43,7 @@ class ApiRequest:
                 "The OpenAI API expects a JSON payload, but what was sent was not valid JSON.)",
             ) from None
 
-    def form(self) -> tuple[dict[str, str], dict[str, tuple[str, bytes]]]:
+    def form(self) -> tuple[dict[str, str], dict[str, tuple[str, memoryview]]]:
         return parse_multipart(self.body, self.headers.get("content-type", ""))
 
 
@@ -85,8 +85,12 @@ def split_path(path: str) -> tuple[str, str, str | None] | None:
 
 def parse_multipart(
     body: bytes, content_type: str
-) -> tuple[dict[str, str], dict[str, tuple[str, bytes]]]:
-    """`(fields, files)` of a multipart/form-data body (files: name -> (filename, bytes))."""
+) -> tuple[dict[str, str], dict[str, tuple[str, memoryview]]]:
+    """`(fields, files)` of a multipart/form-data body (files: name -> (filename, content)).
+
+    A file's content is a view into `body`, not a copy: an upload of a few hundred MB (a Batch
+    input, a training file) then costs its size once, not once per slice.
+    """
     m = re.search(r'boundary="?([^";]+)"?', content_type)
     if "multipart/form-data" not in content_type.lower() or not m:
         raise ApiError(
@@ -95,18 +99,25 @@ def parse_multipart(
             code="invalid_request",
         )
     delimiter = b"--" + m.group(1).encode("latin-1")
+    view = memoryview(body)
     fields: dict[str, str] = {}
-    files: dict[str, tuple[str, bytes]] = {}
-    for chunk in body.split(delimiter)[1:]:
-        if chunk.startswith(b"--"):
+    files: dict[str, tuple[str, memoryview]] = {}
+    at = body.find(delimiter)
+    while at >= 0:
+        start = at + len(delimiter)
+        at = body.find(delimiter, start)
+        if body.startswith(b"--", start):
             break
-        if chunk.startswith(b"\r\n"):
-            chunk = chunk[2:]
-        head, sep, content = chunk.partition(b"\r\n\r\n")
-        if not sep:
+        end = len(body) if at < 0 else at
+        if body.startswith(b"\r\n", start):
+            start += 2
+        split = body.find(b"\r\n\r\n", start, end)
+        if split < 0:
             continue
-        if content.endswith(b"\r\n"):
-            content = content[:-2]
+        head = body[start:split]
+        start = split + 4
+        if end - start >= 2 and body.startswith(b"\r\n", end - 2):
+            end -= 2
         disposition = ""
         for line in head.decode("utf-8", "replace").split("\r\n"):
             key, _, value = line.partition(":")
@@ -117,9 +128,9 @@ def parse_multipart(
         if not name:
             continue
         if filename:
-            files[name.group(1)] = (filename.group(1), content)
+            files[name.group(1)] = (filename.group(1), view[start:end])
         else:
-            fields[name.group(1)] = content.decode("utf-8", "replace")
+            fields[name.group(1)] = body[start:end].decode("utf-8", "replace")
     return fields, files
 
 
@@ -170,7 +181,7 @@ def _upload(svc: EmulatorService, req: ApiRequest) -> ApiResponse:
 
 def _file_content(svc: EmulatorService, req: ApiRequest) -> ApiResponse:
     record = svc.get_file(req.params["id"])
-    return ApiResponse(content=record.data, content_type="application/octet-stream")
+    return ApiResponse(content=record.read(), content_type="application/octet-stream")
 
 
 def _json(fn: Callable[[EmulatorService, ApiRequest], Any], schema: str) -> Handler:

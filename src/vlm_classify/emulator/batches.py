@@ -11,7 +11,7 @@ import json
 import math
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,11 +38,15 @@ def _strip_v1(url: str) -> str:
 
 @dataclass
 class LineResult:
+    """One answered line, kept as the output line it becomes (a batch holds up to 50,000: as
+    text it is a third of the memory of the response as a dict)."""
+
     custom_id: str
     status_code: int
-    body: dict[str, Any]
-    request_id: str
-    line_id: str
+    line: bytes
+    """The output (or error) file's line, `\\n` included."""
+    input_tokens: int = 0
+    output_tokens: int = 0
 
 
 @dataclass
@@ -77,10 +81,9 @@ class BatchRecord:
     def usage(self) -> dict[str, Any]:
         inp = out = 0
         for r in self.results[: self.done]:
-            u = r.body.get("usage") if r.status_code == 200 else None
-            if u:
-                inp += int(u.get("prompt_tokens", 0))
-                out += int(u.get("completion_tokens", 0))
+            if r.status_code == 200:
+                inp += r.input_tokens
+                out += r.output_tokens
         return {
             "input_tokens": inp,
             "input_tokens_details": {"cached_tokens": 0},
@@ -125,24 +128,27 @@ def _line_error(
 
 
 def parse_input(
-    data: bytes, endpoint: str, strict_url: bool = True
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """`(lines, errors)`: the service's whole-file checks; any error fails the batch.
+    lines: Iterable[bytes], endpoint: str, strict_url: bool = True
+) -> tuple[int, list[dict[str, Any]]]:
+    """`(requests, errors)`: the service's whole-file checks, reading the file line by line (it
+    is never held whole); any error fails the batch. `requests` counts the lines.
 
     With `strict_url` (OpenAI) a line's url must be the endpoint itself; Azure also takes the
     other spelling (`/chat/completions` for `/v1/chat/completions` and back).
     """
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        return [], [
-            _line_error("invalid_file_format", "The input file is not UTF-8 encoded JSONL.", None)
-        ]
-    lines: list[dict[str, Any]] = []
+    count = 0
     errors: list[dict[str, Any]] = []
     seen: set[str] = set()
     model: str | None = None
-    for n, raw in enumerate(text.splitlines(), start=1):
+    for n, line in enumerate(lines, start=1):
+        try:
+            raw = line.decode("utf-8")
+        except UnicodeDecodeError:
+            return 0, [
+                _line_error(
+                    "invalid_file_format", "The input file is not UTF-8 encoded JSONL.", None
+                )
+            ]
         if not raw.strip():
             continue
         try:
@@ -216,24 +222,32 @@ def parse_input(
                     "body.model",
                 )
             )
-        lines.append(obj)
-    if not lines and not errors:
+        count += 1
+    if not count and not errors:
         errors.append(_line_error("empty_file", "The input file is empty.", None))
-    if len(lines) > MAX_LINES:
+    if count > MAX_LINES:
         errors.append(
             _line_error(
                 "too_many_requests", f"A batch may hold at most {MAX_LINES} requests.", None
             )
         )
-    return lines, errors[:1000]
+    return count, errors[:1000]
 
 
-def models_in(data: bytes) -> list[str]:
+def requests_in(lines: Iterable[bytes]) -> Iterator[dict[str, Any]]:
+    """The request lines of an input file `parse_input` accepted, parsed one at a time."""
+    for raw in lines:
+        text = raw.decode("utf-8")
+        if text.strip():
+            yield json.loads(text)
+
+
+def models_in(lines: Iterable[bytes]) -> list[str]:
     """The distinct `body.model` values of an input file, skipping lines that do not parse."""
     found: list[str] = []
-    for raw in data.decode("utf-8", "replace").splitlines():
+    for raw in lines:
         try:
-            model = json.loads(raw).get("body", {}).get("model")
+            model = json.loads(raw.decode("utf-8", "replace")).get("body", {}).get("model")
         except (json.JSONDecodeError, AttributeError):
             continue
         if isinstance(model, str) and model not in found:
@@ -264,7 +278,7 @@ class BatchRunner:
             created=self.store.now(),
             style=style,
         )
-        models = models_in(input_file.data)
+        models = models_in(input_file.lines())
         record.model = models[0] if models else None
         with self.store.lock:
             self.batches[record.id] = record
@@ -345,21 +359,25 @@ class BatchRunner:
         when = int(self._at(record, VALIDATING_END))
         with self.store.lock:
             input_file = self.store.files.get(record.input_file_id)
-        lines: list[dict[str, Any]] = []
+        total = 0
         if input_file is None:
             message = f"The input file {record.input_file_id} was deleted."
             errors = [_line_error("file_not_found", message, None)]
         else:
-            lines, errors = parse_input(
-                input_file.data, record.endpoint, strict_url=record.style == "openai"
+            total, errors = parse_input(
+                input_file.lines(), record.endpoint, strict_url=record.style == "openai"
             )
-        if errors:
+        if errors or input_file is None:
             record.errors = errors
             record.status = "failed"
             record.times["failed"] = when
             return
-        record.total = len(lines)
-        record.results = [self._run_line(record, i, line) for i, line in enumerate(lines)]
+        record.total = total
+        # Read again and answered as read: one request (and its image) in memory at a time.
+        record.results = [
+            self._run_line(record, i, line)
+            for i, line in enumerate(requests_in(input_file.lines()))
+        ]
         # The service finishes lines in no particular order: a fixed shuffle per batch.
         random.Random(draw.hex_token(16, self.seed, "order", record.id)).shuffle(record.results)
         record.status = "in_progress"
@@ -378,38 +396,33 @@ class BatchRunner:
             )
         else:
             status, body = self.answer(line["body"], record.style)
-        return LineResult(cid, status, body, request_id, line_id)
+        out = {
+            "id": line_id,
+            "custom_id": cid,
+            "response": {"status_code": status, "request_id": request_id, "body": body},
+            "error": None,
+        }
+        text = json.dumps(out, ensure_ascii=False, separators=(",", ":")) + "\n"
+        usage = body.get("usage") if status == 200 else None
+        return LineResult(
+            cid,
+            status,
+            text.encode("utf-8"),
+            int(usage.get("prompt_tokens", 0)) if usage else 0,
+            int(usage.get("completion_tokens", 0)) if usage else 0,
+        )
 
     def _write_files(self, record: BatchRecord) -> None:
         finished = record.results[: record.done]
         ok = [r for r in finished if r.status_code == 200]
         bad = [r for r in finished if r.status_code != 200]
-
-        def dump(rows: list[LineResult]) -> bytes:
-            return "".join(
-                json.dumps(
-                    {
-                        "id": r.line_id,
-                        "custom_id": r.custom_id,
-                        "response": {
-                            "status_code": r.status_code,
-                            "request_id": r.request_id,
-                            "body": r.body,
-                        },
-                        "error": None,
-                    },
-                    ensure_ascii=False,
-                    separators=(",", ":"),
-                )
-                + "\n"
-                for r in rows
-            ).encode("utf-8")
-
         if ok or not bad:
             record.output_file_id = self.store.add_file(
-                f"{record.id}_output.jsonl", "batch_output", dump(ok)
+                f"{record.id}_output.jsonl", "batch_output", (r.line for r in ok)
             ).id
         if bad:
             record.error_file_id = self.store.add_file(
-                f"{record.id}_error.jsonl", "batch_output", dump(bad)
+                f"{record.id}_error.jsonl", "batch_output", (r.line for r in bad)
             ).id
+        for r in record.results:  # written once: only the counts are read from now on
+            r.line = b""

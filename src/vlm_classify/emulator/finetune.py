@@ -10,7 +10,7 @@ import io
 import json
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,20 +48,22 @@ class Dataset:
 
 
 def check_training_file(
-    data: bytes, param: str, model: str, min_examples: int, count: ExampleTokens
+    lines: Iterable[bytes], param: str, model: str, min_examples: int, count: ExampleTokens
 ) -> Dataset:
-    """Validate a chat fine-tuning JSONL file and count its tokens (TrainingFileError if bad)."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise TrainingFileError(
-            "invalid_file_format",
-            "Invalid file format. The file is not UTF-8 encoded JSONL.",
-            param,
-        ) from None
+    """Validate a chat fine-tuning JSONL file and count its tokens (TrainingFileError if bad).
+
+    It is read line by line: a training file of a full-size dataset is hundreds of MB."""
     examples = 0
     total = 0
-    for n, raw in enumerate(text.splitlines(), start=1):
+    for n, data in enumerate(lines, start=1):
+        try:
+            raw = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise TrainingFileError(
+                "invalid_file_format",
+                "Invalid file format. The file is not UTF-8 encoded JSONL.",
+                param,
+            ) from None
         if not raw.strip():
             continue
         try:
@@ -382,7 +384,7 @@ class JobRunner:
             raise TrainingFileError("file_not_found", f"File {file_id} not found.", param)
         # The service asks 10 examples of a training file; a validation file needs only one.
         least = self.min_examples if param == "training_file" else 1
-        return check_training_file(f.data, param, model, least, self.count)
+        return check_training_file(f.lines(), param, model, least, self.count)
 
     def _plan_training(self, record: JobRecord) -> None:
         """Lay out the training run: loss curve, metric events, checkpoints, the end."""

@@ -223,7 +223,12 @@ class EmulatorService:
         route = route or self.route(body.get("model"), style, deployment)
         completion_id = self.store.new_id("chatcmpl-", 29)
         result = complete(
-            body, route, self.oracle, completion_id=completion_id, created=int(self.store.now())
+            body,
+            route,
+            self.oracle,
+            completion_id=completion_id,
+            created=int(self.store.now()),
+            bill_factor=self.config.bill_factor,
         )
         if result.image is not None and not result.decision.known:
             self.stats.bump("unknown_images")
@@ -246,7 +251,9 @@ class EmulatorService:
 
     # --- files -----------------------------------------------------------------------------
 
-    def upload(self, fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> dict[str, Any]:
+    def upload(
+        self, fields: dict[str, str], files: dict[str, tuple[str, memoryview]]
+    ) -> dict[str, Any]:
         purpose = fields.get("purpose")
         if not purpose:
             raise ApiError(
@@ -332,7 +339,7 @@ class EmulatorService:
                 code="invalid_value",
             )
         if style in AZURE_STYLES:
-            for model in models_in(input_file.data):
+            for model in models_in(input_file.lines()):
                 try:
                     route = self.route(model, style)
                 except ApiError:

@@ -1,4 +1,9 @@
-"""In-memory state: uploaded files, fine-tuned models, deterministic ids, counters.
+"""The emulator's state: uploaded files, fine-tuned models, deterministic ids, counters.
+
+Everything is in memory except the files' contents, which go to a temporary folder (removed with
+the store): a Batch input or a training file of a full-size dataset is hundreds of MB, and the
+emulator runs inside `vlm-classify run`, whose memory must not grow with the dataset. Readers
+stream a file line by line (`FileRecord.lines`).
 
 Everything is guarded by one re-entrant lock held only for short dictionary work; slow work (a
 batch's answers, a training file's validation) runs under the object's own lock.
@@ -6,10 +11,13 @@ batch's answers, a training file's validation) runs under the object's own lock.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -27,20 +35,31 @@ CHAT_LOG_SIZE = 10_000
 
 @dataclass
 class FileRecord:
-    """One stored file."""
+    """One stored file; its content is on disk at `path`."""
 
     id: str
     filename: str
     purpose: str
-    data: bytes
+    path: str
+    size: int
     created_at: int
+
+    def read(self) -> bytes:
+        """The whole content (a download)."""
+        with open(self.path, "rb") as fh:
+            return fh.read()
+
+    def lines(self) -> Iterator[bytes]:
+        """The content line by line (each with its `\\n`), read as it goes."""
+        with open(self.path, "rb") as fh:
+            yield from fh
 
     def to_api(self) -> dict[str, Any]:
         """The `OpenAIFile` object."""
         return {
             "id": self.id,
             "object": "file",
-            "bytes": len(self.data),
+            "bytes": self.size,
             "created_at": self.created_at,
             "filename": self.filename,
             "purpose": self.purpose,
@@ -149,6 +168,8 @@ class Store:
         self.clock = clock
         self.lock = threading.RLock()
         self.files: dict[str, FileRecord] = {}
+        self._folder = tempfile.TemporaryDirectory(prefix="vlm-classify-emulator-")
+        """The files' contents (removed when the store is collected, or at exit)."""
         self.ft_models: dict[str, FineTunedModel] = {}
         self.deployments: dict[str, str] = {}
         self._counters: Counter[str] = Counter()
@@ -174,8 +195,17 @@ class Store:
 
     # --- files ---------------------------------------------------------------------------------
 
-    def add_file(self, filename: str, purpose: str, data: bytes) -> FileRecord:
-        record = FileRecord(self.new_id("file-", 22), filename, purpose, data, int(self.now()))
+    def add_file(
+        self, filename: str, purpose: str, data: bytes | memoryview | Iterable[bytes]
+    ) -> FileRecord:
+        """Store a file: its content at once, or as chunks (written as they come)."""
+        file_id = self.new_id("file-", 22)
+        path = os.path.join(self._folder.name, file_id)
+        size = 0
+        with open(path, "wb") as fh:
+            for chunk in [data] if isinstance(data, (bytes, memoryview)) else data:
+                size += fh.write(chunk)
+        record = FileRecord(file_id, filename, purpose, path, size, int(self.now()))
         with self.lock:
             self.files[record.id] = record
         return record
@@ -191,10 +221,13 @@ class Store:
 
     def delete_file(self, file_id: str) -> None:
         with self.lock:
-            if self.files.pop(file_id, None) is None:
-                raise ApiError(
-                    404, f"No such File object: {file_id}", param="id", code="file_not_found"
-                )
+            record = self.files.pop(file_id, None)
+        if record is None:
+            raise ApiError(
+                404, f"No such File object: {file_id}", param="id", code="file_not_found"
+            )
+        with contextlib.suppress(OSError):  # a reader that has it open keeps reading (POSIX)
+            os.unlink(record.path)
 
     # --- models --------------------------------------------------------------------------------
 
