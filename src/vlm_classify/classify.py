@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 from . import __version__
 from .arms import arm_dir, check_arm_name, find_fine_tune, write_arm_files
 from .backends import registry
-from .backends.base import LocalBackend, LocalSettings
+from .backends.base import LocalBackend, LocalSettings, Prediction
 from .backends.local.templates import templates_identity
 from .backends.openai.batch import BATCH_REMOTE_KINDS, BatchSettings, run_batch
 from .backends.openai.chat import (
@@ -42,6 +42,7 @@ from .prompts import PromptStyle
 from .runner import Progress, RunnerConfig, RunSummary, peak_rss_mb, run_items, run_local
 from .sequential import Interval, stopping_time
 from .store import Store
+from .tokens_check import TokenWatch, check_tokens
 from .training import ARM_PREFIX, model_files_identity
 
 Mode = Literal["realtime", "batch"]
@@ -231,7 +232,7 @@ def classify(
             extra["compute"] = compute
             emulated = False
         else:
-            summary, emulated = _run_remote(
+            summary, emulated, tokens_check = _run_remote(
                 cast(openai.AsyncOpenAI, client),  # a remote model always has its client
                 ref,
                 labels,
@@ -243,9 +244,13 @@ def classify(
                 on_progress,
                 on_status,
                 seq,
+                split_rows=sample.split(options.split),
+                check_bill="server" not in settings,  # a served model bills in its own tokens
             )
             extra["runner"] = options.runner.model_dump()
             extra["versions"]["openai"] = openai.__version__
+            if tokens_check is not None:
+                extra["tokens_check"] = tokens_check
         last_run: dict[str, Any] = {
             "started_at": started,
             "wall_s": round(summary.wall_s, 3),
@@ -336,10 +341,27 @@ def _run_remote(
     on_progress: Callable[[Progress], None] | None,
     on_status: Callable[[str], None] | None,
     seq: _Sequence | None = None,
-) -> tuple[RunSummary, bool]:
-    """A chat model over the items, realtime or through the Batch API; and whether the emulator
-    answered."""
+    split_rows: list[ManifestRow] | None = None,
+    check_bill: bool = True,
+) -> tuple[RunSummary, bool, dict[str, Any] | None]:
+    """A chat model over the items, realtime or through the Batch API; whether the emulator
+    answered; and the arm's billed usage against the estimate (`tokens_check`, None when not
+    checked).
+
+    The bill is checked as answers arrive: after the first `tokens_check.FIRST` answers of a
+    realtime run, after a Batch run's output is in (or at the end, for a run with fewer), the
+    billed prompt tokens are compared with the estimate for the same requests, and a difference
+    over `tokens_check.TOLERANCE` is said once through `on_status`."""
     backend = OpenAIChatBackend(ref, labels, prepared_dir, options.chat_settings(), client=client)
+    if fine_tune is not None:  # an Azure deployment's name says nothing of its image rule
+        backend.base_model = str(fine_tune.get("base_model") or "") or None
+    watch = TokenWatch(
+        str(ref),
+        options.name,
+        backend.estimate_prompt_tokens,
+        backend.estimate_completion_tokens,
+        on_status if check_bill else None,
+    )
     if options.mode == "batch":
         settings = BatchSettings(
             runner=options.runner, poll_s=options.batch_poll_s, fine_tuned=fine_tune is not None
@@ -348,9 +370,39 @@ def _run_remote(
             run_batch(backend, items, store, options.name, settings, on_progress, on_status)
         )
     else:
-        summary = asyncio.run(_realtime(backend, items, store, options, on_progress, seq))
+        summary = asyncio.run(_realtime(backend, items, store, options, on_progress, seq, watch))
     emulated = backend.emulated or _previously_emulated(arm_dir(prepared_dir, options.name))
-    return summary, emulated
+    if not check_bill:
+        return summary, emulated, None
+    by_id = {it.id: it for it in (split_rows if split_rows is not None else items)}
+    pairs = [
+        (by_id[r.item_id], r.result)
+        for r in sorted(store.predictions(options.name), key=lambda r: (r.finished_at, r.item_id))
+        if r.item_id in by_id
+    ]
+    if summary.completed:  # nothing asked this run: nothing new to warn of
+        watch.decide(pairs)
+    check = check_tokens(pairs, backend.estimate_prompt_tokens, backend.estimate_completion_tokens)
+    return summary, emulated, check.record() if check.items else None
+
+
+class _Watched:
+    """A chat backend whose answers are shown to a `TokenWatch` as they arrive."""
+
+    def __init__(self, backend: OpenAIChatBackend, watch: TokenWatch) -> None:
+        self.backend, self.watch = backend, watch
+        self.name = backend.name
+
+    async def classify(self, item: ManifestRow) -> Prediction:
+        prediction = await self.backend.classify(item)
+        self.watch.see(item, prediction)
+        return prediction
+
+    def release(self, item: ManifestRow) -> None:
+        self.backend.release(item)
+
+    async def aclose(self) -> None:
+        await self.backend.aclose()
 
 
 def _run_local(
@@ -492,11 +544,13 @@ async def _realtime(
     options: ClassifyOptions,
     on_progress: Callable[[Progress], None] | None,
     seq: _Sequence | None = None,
+    watch: TokenWatch | None = None,
 ) -> RunSummary:
+    asking = _Watched(backend, watch) if watch is not None else backend
     try:
         if seq is None:
             return await run_items(
-                backend,
+                asking,
                 items,
                 store,
                 options.name,
@@ -508,7 +562,7 @@ async def _realtime(
         summary = _empty_summary()
         for chunk in seq.chunks(max(options.runner.concurrency, 1)):
             part = await run_items(
-                backend,
+                asking,
                 chunk,
                 store,
                 options.name,

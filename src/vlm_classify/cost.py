@@ -9,6 +9,7 @@ says nothing about how it would be served.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -205,6 +206,51 @@ def _compute_cost(usage: ArmUsage, c: ComputeUsage, serving: ServingMode) -> dic
     }
 
 
+def billed_against_estimate(
+    check: Mapping[str, Any],
+    billed_prompt: int,
+    billed_completion: int,
+    items: int,
+    entry: PriceEntry,
+    mode: CostMode,
+    tolerance: float = 0.05,
+) -> dict[str, Any]:
+    """An arm's tokens and dollars as estimated against as billed.
+
+    `check` is arm.json's `tokens_check` (the estimate of the answered requests, from
+    `classify`); the billed figures are the usage the service reported for those requests
+    (predictions.csv: answered rows with a usage), `items` of them. Both are priced at `entry`'s
+    `mode` prices. `stale`: predictions.csv holds other requests than the check counted (an
+    arm.json written by an older classify; rerun it)."""
+    est_prompt = int(check.get("estimated_prompt") or 0)
+    est_completion = int(check.get("estimated_completion") or 0)
+
+    def usd(prompt: int, completion: int) -> float | None:
+        try:
+            return cost_usd(prompt, completion, entry, mode)
+        except UserError:
+            return None
+
+    est_usd, billed_usd = usd(est_prompt, est_completion), usd(billed_prompt, billed_completion)
+    ratio = billed_prompt / est_prompt if est_prompt else None
+    return {
+        "items": items,
+        "checked_items": int(check.get("items") or 0),
+        "stale": items != int(check.get("items") or 0),
+        "price_entry": entry.key,
+        "price_mode": mode,
+        "estimated_prompt_tokens": est_prompt,
+        "billed_prompt_tokens": billed_prompt,
+        "prompt_ratio": ratio,
+        "estimated_completion_tokens": est_completion,
+        "billed_completion_tokens": billed_completion,
+        "estimated_usd": est_usd,
+        "billed_usd": billed_usd,
+        "usd_ratio": billed_usd / est_usd if est_usd and billed_usd is not None else None,
+        "off": ratio is not None and abs(ratio - 1) > tolerance,
+    }
+
+
 def monthly(cost: dict[str, Any], volume: float, months: float) -> float:
     """Monthly USD at `volume` images: amortised training + hosting + inference."""
     return fixed_monthly(cost, months) + volume * cost["per_image"]
@@ -286,6 +332,7 @@ __all__ = [
     "ComputeUsage",
     "ServingMode",
     "arm_cost",
+    "billed_against_estimate",
     "break_even",
     "fixed_monthly",
     "monthly",

@@ -7,6 +7,7 @@ price table with `pricing.cost_usd`; nothing touches the network.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .arms import arm_dir
 from .backends.openai import tokens
 from .backends.openai.wire import (
     AnswerMode,
@@ -23,9 +25,11 @@ from .backends.openai.wire import (
     finetune_line,
 )
 from .dataset.manifest import ManifestRow, read_labels, read_manifest
+from .errors import UserError
 from .image_rules import describe
 from .pricing import (
     PriceEntry,
+    PriceTable,
     cost_usd,
     lifecycle_warnings,
     load_pricing,
@@ -67,6 +71,9 @@ class EstimateOptions(BaseModel):
     months: float = Field(default=12, ge=1, allow_inf_nan=False)
     """Months over which the report spreads training: a retirement date within them is
     warned of (`lifecycle`)."""
+    calibrate: str | None = None
+    """An arm of the prepared directory, run on the same model: its requests' tokens are counted
+    from what the service billed that arm (arm.json `tokens_check`) instead of the rule alone."""
 
     @property
     def ft_prompt(self) -> PromptStyle:
@@ -111,6 +118,37 @@ class HostingItem(BaseModel):
     note: str = ""
 
 
+class Calibration(BaseModel):
+    """An arm's bill against the rule, applied to a plan's request tokens (`--calibrate ARM`)."""
+
+    arm: str
+    model: str
+    """The model the arm ran (`provider/model`)."""
+    items: int
+    """Billed requests of the arm that were compared."""
+    estimated_prompt: int
+    billed_prompt: int
+    prompt_ratio: float
+    """Billed over estimated prompt tokens: every request's prompt tokens are the rule's count
+    times this (for the arm's own requests: exactly what was billed)."""
+    completion_ratio: float | None
+    """The same for answer tokens (None: the arm had no estimated answer tokens)."""
+    emulated: bool
+    """The arm was answered by the built-in emulator: its bill is a setting, not a service's."""
+
+    def note(self) -> str:
+        c = self.completion_ratio
+        answers = "" if c is None else f" and {c:.3f}x the answer tokens"
+        return (
+            f"calibrated from arm {self.arm} ({self.model}, {self.items:,} billed requests"
+            f"{', emulated' if self.emulated else ''}): it was billed {self.prompt_ratio:.3f}x the "
+            f"prompt tokens the rule counts ({self.billed_prompt:,} against "
+            f"{self.estimated_prompt:,}){answers}; the zero-shot and fine-tuned request tokens "
+            "here are the rule's counts times these (for the arm's own requests: its billed "
+            "tokens per image); training stays by the rule (no training bill was compared)"
+        )
+
+
 class Estimate(BaseModel):
     """The cost estimate of one dataset and model; `to_json()` is the machine-readable form."""
 
@@ -134,6 +172,8 @@ class Estimate(BaseModel):
     lifecycle: list[str] = Field(default_factory=list)
     """Retirement warnings: a lifecycle date of the model that is past or within
     `options.months` (one line each, with its source)."""
+    calibration: Calibration | None = None
+    """`options.calibrate`: what the arm was billed against the rule's count."""
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict: `{"training": {"tokens": ..., "cost_usd": ...}, "batch": ...}`."""
@@ -153,6 +193,9 @@ class Estimate(BaseModel):
             "hosting": self.hosting.model_dump(mode="json"),
             "assumptions": list(self.assumptions),
             "lifecycle": list(self.lifecycle),
+            "calibration": None
+            if self.calibration is None
+            else self.calibration.model_dump(mode="json"),
         }
 
 
@@ -181,6 +224,64 @@ def _inference(
     answers = Counter(r.label for r in rows)
     output = sum(n * tokens.completion_tokens(label, answer) for label, n in answers.items())
     return prompt * len(rows) + images, output
+
+
+def _calibrated(counts: tuple[int, int], c: Calibration | None) -> tuple[int, int]:
+    """Input and output tokens scaled by an arm's bill (unchanged without one)."""
+    if c is None:
+        return counts
+    tin, tout = counts
+    return round(tin * c.prompt_ratio), round(tout * (c.completion_ratio or 1.0))
+
+
+def calibration_from_arm(
+    prepared_dir: Path, arm: str, entry: PriceEntry, table: PriceTable
+) -> Calibration:
+    """What arm `arm` of `prepared_dir` was billed against the rule (arm.json `tokens_check`);
+    its model must be priced by `entry` (the same model, or a fine-tune of it)."""
+    path = arm_dir(prepared_dir, arm) / "arm.json"
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise UserError(
+            f"--calibrate {arm}: no arm.json in {path.parent}: classify that arm first"
+        ) from None
+    model = str(doc.get("model") or "")
+    check = doc.get("tokens_check")
+    if not isinstance(check, dict) or not check.get("items") or not check.get("estimated_prompt"):
+        raise UserError(
+            f"--calibrate {arm}: arm {arm} has no billed usage to compare (arm.json has no "
+            "tokens_check: a chat arm answered by OpenAI, Azure or the emulator records it); "
+            "rerun classify on it"
+        )
+    keys = set()
+    for name in (model, str((doc.get("fine_tune") or {}).get("base_model") or "")):
+        if not name:
+            continue
+        try:
+            keys.add(table.lookup(name).key)
+        except UserError:
+            continue
+    if entry.key not in keys:
+        raise UserError(
+            f"--calibrate {arm}: that arm ran {model or 'an unknown model'}, not a model priced "
+            f"as {entry.key}: calibrate with an arm of the model you estimate"
+        )
+    est, billed = int(check["estimated_prompt"]), int(check["billed_prompt"])
+    est_out, billed_out = (
+        int(check.get("estimated_completion") or 0),
+        int(check.get("billed_completion") or 0),
+    )
+    return Calibration(
+        arm=arm,
+        model=model,
+        items=int(check["items"]),
+        estimated_prompt=est,
+        billed_prompt=billed,
+        prompt_ratio=billed / est,
+        completion_ratio=billed_out / est_out if est_out else None,
+        emulated=bool(doc.get("emulated")),
+    )
 
 
 def image_notes(entry: PriceEntry, detail: Detail) -> list[str]:
@@ -230,8 +331,18 @@ def estimate(
         f"system prompt '{options.prompt}': {tokens.count_text(base_system)} tokens",
     ]
 
+    calibration = (
+        calibration_from_arm(prepared_dir, options.calibrate, entry, table)
+        if options.calibrate
+        else None
+    )
+    if calibration is not None:
+        assumptions.append(calibration.note())
+
     # Zero-shot base model on the test set: the same tokens realtime or through Batch.
-    zin, zout = _inference(test, base_system, options, entry, options.answer, labels)
+    zin, zout = _calibrated(
+        _inference(test, base_system, options, entry, options.answer, labels), calibration
+    )
     if options.answer == "enum":
         assumptions.append(
             'base model answers as structured output {"label":"..."}; the response_format '
@@ -303,7 +414,9 @@ def estimate(
     if no_finetune:
         pass  # said once, with the training line
     elif ft_prices[0] is not None and ft_prices[1] is not None:
-        fin, fout = _inference(test, ft_system, options, entry, FINETUNED_ANSWER, labels)
+        fin, fout = _calibrated(
+            _inference(test, ft_system, options, entry, FINETUNED_ANSWER, labels), calibration
+        )
         finetuned = LineItem(
             requests=len(test),
             input_tokens=fin,
@@ -345,6 +458,7 @@ def estimate(
         finetuned=finetuned,
         hosting=hosting,
         assumptions=assumptions,
+        calibration=calibration,
         lifecycle=lifecycle_warnings(
             options.model,
             None if entry.training_per_1m is not None else "zero-shot",

@@ -85,7 +85,9 @@ class DeploySpec(_Strict):
     subscription: str | None = None
     resource_group: str | None = None
     account: str | None = None
-    sku: str = "standard"
+    sku: str | None = None
+    """`standard`, `globalstandard` or `developertier`; None: globalstandard for gpt-4.1,
+    standard for gpt-4o (`deploy.resolve_sku`)."""
     capacity: int = Field(1, ge=1)
 
 
@@ -190,6 +192,9 @@ class EmulatorSpec(_Strict):
     ft_seconds: float = Field(30.0, ge=0)
     faults: str = ""
     seed: int = 0
+    bill_factor: float = Field(1.0, gt=0, allow_inf_nan=False)
+    """Bill prompt tokens this many times the token rules (1.2: 20% more): classify then warns
+    that the estimate is off, and the report shows the difference."""
 
 
 class Experiment(_Strict):

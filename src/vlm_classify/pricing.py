@@ -175,6 +175,35 @@ def lookup(model: str, pricing: Path | PriceTable | None = None) -> PriceEntry:
     return table.lookup(model)
 
 
+PROVIDER_NAMES = {"openai": "OpenAI", "azure": "Azure OpenAI"}
+VISION_FINETUNABLE = {
+    "openai": ("gpt-4o-2024-08-06",),
+    "azure": ("gpt-4o-2024-08-06", "gpt-4.1-2025-04-14"),
+}
+"""Base models each provider fine-tunes on images, by its vision fine-tuning guide (OpenAI's
+names gpt-4o-2024-08-06 only; Azure's, gpt-4o 2024-08-06 and gpt-4.1 2025-04-14): named when a
+model is refused. Which models are refused is the price table's `finetune_images`."""
+
+
+def image_finetune_problem(model: str, pricing: Path | PriceTable | None = None) -> str | None:
+    """Why `model` (`provider/model`) cannot be fine-tuned on images, by its price entry's
+    `finetune_images: false` (None: it can, or the table does not say). `finetune` refuses such a
+    model before uploading anything; the emulator refuses its jobs the same way."""
+    try:
+        entry = lookup(model, pricing)
+    except UserError:
+        return None
+    if entry.finetune_images is not False:
+        return None
+    provider = model.partition("/")[0]
+    takes = " or ".join(f"{provider}/{m}" for m in VISION_FINETUNABLE.get(provider, ()))
+    where = f" ({entry.finetune_source})" if entry.finetune_source else ""
+    return (
+        f"{model} cannot be fine-tuned on images at {PROVIDER_NAMES.get(provider, provider)}"
+        f"{where}: fine-tune {takes or 'another model'} instead"
+    )
+
+
 def current_date() -> dt.date:
     """The day lifecycle dates are measured from (tests replace it)."""
     return dt.date.today()

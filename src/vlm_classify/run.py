@@ -391,6 +391,7 @@ class Runner:
             ft_seconds=spec.ft_seconds,
             faults=parse_faults(spec.faults),
             seed=spec.seed,
+            bill_factor=spec.bill_factor,
         )
         with Emulator(config) as emu:
             saved = {k: os.environ.get(k) for k in emu.env()}

@@ -138,6 +138,14 @@ Fraction = click.FloatRange(0, 1)
     help="Time a fine-tuning job takes.",
 )
 @click.option(
+    "--bill-factor",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0, min_open=True),
+    help="Bill chat prompt tokens this many times what the token rules count (1.2: 20% more), "
+    "to see classify's warning for a bill above the estimate.",
+)
+@click.option(
     "--deployment",
     "deployments",
     multiple=True,
@@ -167,6 +175,7 @@ def emulator_cmd(
     batch_seconds: float,
     batch_fail_rate: float,
     ft_seconds: float,
+    bill_factor: float,
     deployments: tuple[str, ...],
     env_file: Path | None,
 ) -> None:
@@ -194,6 +203,7 @@ def emulator_cmd(
         batch_seconds=batch_seconds,
         batch_fail_rate=batch_fail_rate,
         ft_seconds=ft_seconds,
+        bill_factor=bill_factor,
         deployments=parse_pairs(deployments, "--deployment"),
     )
     emu = Emulator(config)

@@ -41,6 +41,12 @@ from ._options import answer_option, detail_option, prompt_option, training_prom
     help="Months the report spreads training over: retirement dates within them are warned of.",
 )
 @click.option(
+    "--calibrate",
+    metavar="ARM",
+    help="Count request tokens from what arm ARM of DIR (the same model) was billed, instead "
+    "of the rule alone.",
+)
+@click.option(
     "--json", "as_json", is_flag=True, help="Print one JSON object on stdout instead of a table."
 )
 def estimate_cmd(
@@ -53,6 +59,7 @@ def estimate_cmd(
     answer: str,
     pricing: Path | None,
     months: float,
+    calibrate: str | None,
     as_json: bool,
 ) -> None:
     """Estimate what the study costs on the prepared dataset DIR: offline, from the manifest."""
@@ -66,6 +73,7 @@ def estimate_cmd(
             "answer": answer,
             "pricing": pricing,
             "months": months,
+            "calibrate": calibrate,
         }
     )
     result = estimate(prepared_dir, options)
@@ -81,7 +89,10 @@ def _usd(x: float) -> str:
 
 def _print_table(result: Estimate) -> None:
     o = result.options
-    table = Table(title=f"Cost estimate: {result.model}", title_justify="left")
+    title = f"Cost estimate: {result.model}"
+    if result.calibration is not None:
+        title += f" (calibrated from arm {result.calibration.arm}'s bill)"
+    table = Table(title=title, title_justify="left")
     table.add_column("line item")
     table.add_column("requests", justify="right")
     table.add_column("input tokens", justify="right")

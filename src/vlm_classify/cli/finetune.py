@@ -279,7 +279,9 @@ def _train_local(
 @click.option("--resource-group", help="Resource group of the Azure OpenAI resource.")
 @click.option("--account", help="Name of the Azure OpenAI resource.")
 @click.option(
-    "--sku", default="standard", show_default=True, help="standard, globalstandard or developer."
+    "--sku",
+    help="Deployment type: standard, globalstandard or developertier (no hourly fee, 24 hours, "
+    "gpt-4.1 and o4-mini only). [default: globalstandard for gpt-4.1, standard for gpt-4o]",
 )
 @click.option("--capacity", default=1, show_default=True, type=click.IntRange(1))
 def deploy_cmd(
@@ -289,7 +291,7 @@ def deploy_cmd(
     subscription: str | None,
     resource_group: str | None,
     account: str | None,
-    sku: str,
+    sku: str | None,
     capacity: int,
 ) -> None:
     """Deploy a fine-tuned model on Azure OpenAI (control-plane PUT), or print the exact command.
@@ -318,7 +320,7 @@ def deploy_cmd(
         out_console.print(f"  {json.dumps(result.body)}")
     else:
         state = (result.response or {}).get("properties", {}).get("provisioningState", "sent")
-        out_console.print(f"deployment {deployment}: {state}")
+        out_console.print(f"deployment {deployment} ({result.sku}): {state}")
     out_console.print(
         f"  then: vlm-classify classify {prepared_dir} --model azure/{deployment} --name fine-tuned"
     )

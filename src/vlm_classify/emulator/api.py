@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
+from ..backends.openai.deploy import sku_problem
 from .apierror import ApiError
 from .service import EmulatorService
 
@@ -151,6 +152,14 @@ def _put_deployment(svc: EmulatorService, req: ApiRequest) -> ApiResponse:
             code="InvalidPayload",
         )
     name = req.params["name"]
+    fine_tuned = ".ft-" in model["name"] or svc.store.ft_model(model["name"]) is not None
+    problem = sku_problem(str(sku["name"]), model["name"]) if fine_tuned else None
+    if problem:
+        raise ApiError(
+            400,
+            f"The deployment of {model['name']} was refused: {problem}.",
+            code="InvalidResourceProperties",
+        )
     svc.deploy(name, model["name"])
     return ApiResponse(
         {

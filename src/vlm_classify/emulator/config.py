@@ -27,9 +27,13 @@ DEFAULT_FINETUNABLE: tuple[str, ...] = (
     "gpt-4o-2024-08-06",
     "gpt-4o-mini-2024-07-18",
     "gpt-4.1-2025-04-14",
+    "gpt-4.1",
     "gpt-4.1-mini-2025-04-14",
     "gpt-4.1-nano-2025-04-14",
 )
+"""Base models a fine-tuning job accepts. Azure takes a base model by its plain name too
+(`gpt-4.1`: its fine-tuning guide creates jobs on `gpt-4.1-mini`); which of them train on
+images is the price table's `finetune_images` (`pricing.image_finetune_problem`)."""
 FT_MARKER = "ft"
 """A `deployments` value that marks a deployment as some fine-tuned model."""
 

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from ..backends.openai import spec, tokens
+from ..pricing import image_finetune_problem
 from .apierror import ApiError
 from .batches import CHAT_ENDPOINTS, BatchRunner, models_in
 from .chat import ChatResult, ModelRoute, complete, image_parts, image_token_count, resolve_image
@@ -401,8 +402,17 @@ class EmulatorService:
                     param=param,
                     code="invalid_file_purpose",
                 )
+        provider = "azure" if style in AZURE_STYLES else "openai"
+        problem = image_finetune_problem(f"{provider}/{ft.base if ft else model}")
+        if problem and self._has_images(body["training_file"]):
+            raise ApiError(400, f"{problem}.", param="training_file", code="invalid_training_file")
         job = self.jobs.create(body, style, self.store.next_number("ftjob"))
         return job.to_api()
+
+    def _has_images(self, file_id: str) -> bool:
+        """Whether a training file's examples carry images (read line by line)."""
+        record = self.store.get_file(file_id, param="training_file")
+        return any(b'"image_url"' in line for line in record.lines())
 
     def get_job(self, job_id: str) -> dict[str, Any]:
         return self.jobs.get(job_id).to_api()

@@ -22,6 +22,7 @@ from ..cost import (
     ComputeUsage,
     ServingMode,
     arm_cost,
+    billed_against_estimate,
     break_even,
     monthly,
     per_correct_at_volume,
@@ -30,7 +31,8 @@ from ..cost import (
 from ..errors import UserError
 from ..files import write_bytes_atomic
 from ..metrics import BOOTSTRAP_RESAMPLES, SMALL_SUPPORT, arm_metrics, compare
-from ..pricing import lifecycle_warnings, load_pricing
+from ..pricing import CostMode, PriceTable, lifecycle_warnings, load_pricing
+from ..tokens_check import TOLERANCE
 from .confidence import METHOD as CALIBRATION_METHOD
 from .confidence import add_calibration
 from .decide import section as decide_section
@@ -245,6 +247,13 @@ def _cost_section(
             cost["per_correct_at_volume"] = per_correct_at_volume(
                 cost, blocks[arm.name]["accuracy"], opts.volume, opts.months
             )
+            cost["estimate_vs_billed"] = _billed(arm, cost, table)
+            if _deployment_sku(arm) == "developertier":
+                cost["notes"].append(
+                    "evaluated on a Developer-tier deployment (no hourly fee, removed after 24 "
+                    "hours, no SLA): priced with the hourly fee a Standard or Global Standard "
+                    "deployment pays to serve it"
+                )
         blocks[arm.name]["cost"] = cost
     base = arms[0].name
     priced = [a.name for a in arms if not blocks[a.name]["cost"]["error"]]
@@ -272,6 +281,42 @@ def _cost_section(
         "break_even": evens,
         "curve": {"volumes": grid, "monthly_usd": curves},
     }
+
+
+def _billed(arm: Arm, cost: dict[str, Any], table: PriceTable) -> dict[str, Any] | None:
+    """A chat arm's tokens and dollars as estimated (arm.json `tokens_check`) against as billed
+    (predictions.csv: every answered request with a usage), at the prices of the mode it ran in;
+    None for an arm without a check (local, served, or recorded before classify kept one)."""
+    check = arm.meta.get("tokens_check")
+    if not isinstance(check, dict) or cost.get("price_mode") == "compute":
+        return None
+    entry = table.lookup(cost["price_entry"])  # an entry's key always matches it
+    mode: CostMode = "realtime"
+    if arm.fine_tuned:
+        mode = "finetuned"
+    elif arm.mode == "batch" and entry.batch_input_per_1m is not None:
+        mode = "batch"
+    billed = [
+        (int(_num(r.get("prompt_tokens")) or 0), int(_num(r.get("completion_tokens")) or 0))
+        for r in arm.rows.values()
+        if not (r.get("error") or "").strip() and (_num(r.get("prompt_tokens")) or 0) > 0
+    ]
+    return billed_against_estimate(
+        check,
+        sum(p for p, _ in billed),
+        sum(c for _, c in billed),
+        len(billed),
+        entry,
+        mode,
+        TOLERANCE,
+    )
+
+
+def _deployment_sku(arm: Arm) -> str | None:
+    """The SKU `deploy` recorded for the Azure deployment this arm asked (finetune.json)."""
+    skus = (arm.finetune or {}).get("deployment_skus") or {}
+    provider, _, name = arm.model.partition("/")
+    return skus.get(name) if provider == "azure" and isinstance(skus, dict) else None
 
 
 def _lifecycle(arms: list[Arm], blocks: dict[str, Any], opts: ReportOptions) -> str:
@@ -346,6 +391,10 @@ def compute(prepared_dir: Path, opts: ReportOptions) -> tuple[dict[str, Any], Al
             "cannot be served that way is priced realtime, with a note",
             "per_correct": "cost per correct prediction: tokens only (per_correct), and at "
             "--volume with training amortised and hosting (per_correct_at_volume)",
+            "estimate_vs_billed": "a chat arm's prompt and completion tokens as estimated (the "
+            "rule estimate counts by, for the same requests: arm.json tokens_check) against as "
+            "billed (the usage the service reported: predictions.csv), priced in the mode the "
+            f"arm ran in; off when the prompt tokens differ by more than {TOLERANCE:.0%}",
             "far_beyond_volume": f"a break-even above {FAR_BEYOND:g}x --volume is called "
             "in practice never",
             "invalid": "answers that are not a label count as wrong and are reported apart",

@@ -326,6 +326,9 @@ def cost_tables(m: dict[str, Any]) -> list[Table]:
             "are data (pricing.json or --pricing, --cpu/--gpu-price-per-hour): check their date.",
         )
     ]
+    billed = billed_table(m)
+    if billed is not None:
+        tables.append(billed)
     cost = m["cost"]
     rows = []
     for name, be in cost["break_even"].items():
@@ -372,3 +375,59 @@ def cost_tables(m: dict[str, Any]) -> list[Table]:
             )
         )
     return tables
+
+
+def _change(ratio: float | None) -> str:
+    return "" if ratio is None else f"{(ratio - 1) * 100:+.1f}%"
+
+
+def billed_table(m: dict[str, Any]) -> Table | None:
+    """Each chat arm's tokens and dollars as estimated against as billed (None: no arm has a
+    check: local arms, served models, arms recorded before classify kept one)."""
+    rows = []
+    for a in m["arms"].values():
+        b = (a.get("cost") or {}).get("estimate_vs_billed")
+        if not b:
+            continue
+        flag = " (off)" if b["off"] else ""
+        rows.append(
+            [
+                a["display"],
+                a["model"],
+                f"{b['price_mode']} ({b['price_entry']})",
+                count(b["items"]) + (" (stale: rerun classify)" if b["stale"] else ""),
+                count(b["estimated_prompt_tokens"]),
+                count(b["billed_prompt_tokens"]),
+                _change(b["prompt_ratio"]) + flag,
+                count(b["estimated_completion_tokens"]),
+                count(b["billed_completion_tokens"]),
+                usd(b["estimated_usd"]),
+                usd(b["billed_usd"]),
+                _change(b["usd_ratio"]),
+            ]
+        )
+    if not rows:
+        return None
+    return Table(
+        "Estimated against billed, per arm (this evaluation's requests)",
+        [
+            "arm",
+            "model",
+            "priced as",
+            "requests",
+            "prompt tokens estimated",
+            "prompt tokens billed",
+            "Δ prompt",
+            "completion estimated",
+            "completion billed",
+            "USD estimated",
+            "USD billed",
+            "Δ USD",
+        ],
+        rows,
+        "Estimated: what `vlm-classify estimate` counts for the same requests (each model's "
+        "image rule, the cookbook's message overheads, the answer schema; answers as the true "
+        "label), recorded by classify in arm.json (tokens_check). Billed: the usage the service "
+        "reported (predictions.csv). (off): the prompt tokens differ by more than 5%: "
+        "`vlm-classify estimate --calibrate ARM` re-prices a plan from the bill.",
+    )

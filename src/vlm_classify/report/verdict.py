@@ -237,9 +237,15 @@ def _cost_sentence(
             f"{'is' if len(fallback) == 1 else 'are'} priced realtime."
         )
     if be.get("training_unknown"):
-        who = [x["display"] for x in (a, b) if x["cost"].get("training_usd") is None]
+        unknown = [x for x in (a, b) if x["cost"].get("training_usd") is None]
+        who = [x["display"] for x in unknown]
+        why = (
+            "no training price in the table: add training_per_1m with --pricing"
+            if all(x["cost"].get("trained_tokens") is not None for x in unknown)
+            else "no trained_tokens recorded"
+        )
         s += (
-            f" The training cost of {' and '.join(who)} is unknown (no trained_tokens recorded) "
+            f" The training cost of {' and '.join(who)} is unknown ({why}) "
             "and is left out: the real monthly cost is higher"
             + (", and so is the break-even." if kind == "above" else ".")
         )

@@ -41,6 +41,7 @@ from .wire import (
     Detail,
     chat_body,
     classification_messages,
+    data_url_prefix,
     image_data_url,
     parse_chat_response,
 )
@@ -458,6 +459,8 @@ class OpenAIChatBackend:
         self.images = ImageCache(prepared_dir)
         self._system = system_prompt(labels, settings.prompt)
         self._vision: VisionRule | None = None
+        self.base_model: str | None = None
+        """For a fine-tuned model: the `provider/model` it was trained from (its image rule)."""
         self.emulated = False
         """True once any response carried the emulator's header."""
 
@@ -507,12 +510,38 @@ class OpenAIChatBackend:
     def estimate_tokens(self, item: ManifestRow) -> int:
         """Tokens the `--tpm` cap counts for this item's request, from the body `classify` sends.
 
-        Its prompt tokens as `estimate` counts them (the messages by the cookbook rule, the answer
-        schema, each image from its size and detail), plus the completion tokens it allows
-        (`max_completion_tokens`): the service's limiters reserve that much for a request before
-        it runs, so counting it keeps the cap on the safe side.
+        Its prompt tokens as `estimate` counts them (`prompt_tokens_of`), plus the completion
+        tokens it allows (`max_completion_tokens`): the service's limiters reserve that much for a
+        request before it runs, so counting it keeps the cap on the safe side.
         """
         body = self.body(item)  # keeps the encoded image: `classify` reuses it
+        allowed = int(body.get("max_completion_tokens") or body.get("max_tokens") or 0)
+        return self.prompt_tokens_of(body, item) + allowed
+
+    def estimate_prompt_tokens(self, item: ManifestRow) -> int:
+        """The prompt tokens `estimate` counts for this item's request (the messages by the
+        cookbook rule, the answer schema, the image by the model's rule): what the bill's
+        `usage.prompt_tokens` should say. The image is not read (its tokens come from its size)."""
+        s = self.settings
+        messages = classification_messages(self._system, data_url_prefix(), s.detail)
+        body = chat_body(
+            self.ref.name,
+            messages,
+            answer=s.answer,
+            labels=self.labels,
+            max_tokens=s.max_tokens,
+            logprobs=s.logprobs,
+            seed=s.seed,
+        )
+        return self.prompt_tokens_of(body, item)
+
+    def estimate_completion_tokens(self, item: ManifestRow) -> int:
+        """The answer tokens `estimate` counts for this item: its true label, as this arm asks
+        for answers (`{"label": ...}` or the bare label)."""
+        return tokens.completion_tokens(item.label, self.settings.answer)
+
+    def prompt_tokens_of(self, body: dict[str, Any], item: ManifestRow) -> int:
+        """Prompt tokens of a request body for `item`, as `estimate` counts them."""
         total = tokens.count_chat_tokens(body["messages"])
         response_format = body.get("response_format") or {}
         if response_format.get("type") == "json_schema":
@@ -523,15 +552,19 @@ class OpenAIChatBackend:
                 if isinstance(part, dict) and part.get("type") == "image_url":
                     detail: Detail = part["image_url"].get("detail") or "auto"
                     total += tokens.image_tokens(item.width, item.height, detail, self.vision())
-        return total + int(body.get("max_completion_tokens") or body.get("max_tokens") or 0)
+        return total
 
     def vision(self) -> VisionRule:
-        """How the model counts image tokens (from the price table; gpt-4o's when it is not there)."""
+        """How the model counts image tokens (from the price table; for a fine-tune the table does
+        not name, its base model's, `base_model`; gpt-4o's when neither is there)."""
         if self._vision is None:
-            try:
-                self._vision = lookup(str(self.ref)).vision
-            except UserError:
-                self._vision = GPT4O_VISION
+            self._vision = GPT4O_VISION
+            for name in filter(None, (str(self.ref), self.base_model)):
+                try:
+                    self._vision = lookup(name).vision
+                    break
+                except UserError:
+                    continue
         return self._vision
 
     async def probe(self, answer: AnswerMode, logprobs: bool) -> ServerSupport:

@@ -27,6 +27,7 @@ from ...arms import FINETUNE_JSON, arm_dir, check_arm_name, read_job, write_job
 from ...dataset.manifest import load_sample
 from ...errors import FatalError, TransientError, UserError
 from ...files import write_bytes_atomic
+from ...pricing import image_finetune_problem
 from ...prompts import PromptStyle
 from ...store import Store
 from .chat import make_client, parse_openai_model, translate_error
@@ -92,6 +93,7 @@ def finetune(
     prepared_dir = Path(prepared_dir)
     check_arm_name(options.name)
     ref = parse_openai_model(options.model)
+    check_image_finetuning(options.model)
     sample = load_sample(prepared_dir).identity
     recorded = read_job(arm_dir(prepared_dir, options.name)).get("sample")
     if recorded not in (None, sample):
@@ -113,6 +115,15 @@ def finetune(
             sample,
         )
         return asyncio.run(session.run())
+
+
+def check_image_finetuning(model: str) -> None:
+    """Refuse, before anything is uploaded, a model its provider does not fine-tune on images
+    (`pricing.image_finetune_problem`). A model the table does not know (an Azure deployment of
+    your own naming) is left to the service."""
+    problem = image_finetune_problem(model)
+    if problem:
+        raise UserError(problem)
 
 
 @dataclass
